@@ -1,0 +1,1 @@
+"""The `cvm` command line: `cvm VERB [--flagfile FILE] [--flag value ...]`."""

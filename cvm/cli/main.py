@@ -1,0 +1,49 @@
+"""`cvm` entry point: dispatches `cvm VERB ...` to the verb's absl app (one module per verb)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> (module, one-line description). Importing only the chosen verb keeps its flags alone.
+VERBS = {
+    "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder)"),
+}
+
+USAGE = """usage: cvm VERB [--flagfile FILE] [--flags ...]
+
+cvm: cross-view image geo-localization and synthesis (TensorFlow 2 / Keras 3).
+
+verbs:
+{verbs}
+
+`cvm VERB --help` lists a verb's flags. Every verb reads --flagfile; later flags override it.
+"""
+
+
+def usage() -> str:
+    width = max(len(v) for v in VERBS)
+    return USAGE.format(verbs="\n".join(f"  {v.ljust(width)}  {d}" for v, (_, d) in VERBS.items()))
+
+
+def run(argv=None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "-help", "help", "--helpfull"):
+        print(usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    if argv[1] in ("--version", "version"):
+        import cvm
+
+        print(f"cvm {cvm.__version__}")
+        sys.exit(0)
+    verb = argv[1]
+    if verb not in VERBS:
+        print(f"cvm: error: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}\n", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(VERBS[verb][0])
+    module.run([f"cvm {verb}"] + argv[2:])
+
+
+if __name__ == "__main__":
+    run()

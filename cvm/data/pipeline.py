@@ -1,0 +1,298 @@
+"""tf.data pipelines: records -> decoded, augmented, normalised batches.
+
+Decoding, resizing and augmentation run in OpenCV (exactly the originals' conventions) inside a
+parallel `tf.data` map; the cast to float32 and the mean subtraction run as TF ops on whole batches.
+
+Elements are `(features, meta)` tuples:
+  features = {"ground": float32 [B, Hg, Wg, 3], "aerial": float32 [B, Ha, Wa, 3]} (the model input)
+  meta     = {"index": int64 [B] (position in the split), "yaw": float32 [B] (panorama azimuth
+              shift in degrees, 0 unless drawn), "location": float64 [B, 2] (if the split has one)}
+
+Training: each epoch visits the split in the order `np.random.default_rng([seed, epoch])
+.permutation(N)`, drops the tail to keep batches full, and draws each sample's augmentation from
+`default_rng([seed, epoch, index])`, so a run is reproducible regardless of parallelism and can
+be resumed at any (epoch, batch). Evaluation: every sample once, in split order, last batch partial.
+
+Unreadable samples (missing, zero-byte, truncated or corrupt files, any decode error) are skipped,
+counted and written to a `FaultReport` (faults.txt beside the run); they never stop an epoch.
+In evaluation a skipped pair disappears from both sides; `meta["index"]` says which pairs remain.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cvm.data import augment as augment_lib
+from cvm.data import images
+from cvm.data.records import Split
+from cvm.errors import CvmError
+
+
+class FaultReport:
+    """Thread-safe record of skipped samples; appends one line per new fault to `path` if given."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._faults = {}  # file -> [reason, occurrences]
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+
+    def record(self, file: str, reason: str) -> None:
+        with self._lock:
+            entry = self._faults.get(file)
+            if entry is not None:
+                entry[1] += 1
+                return
+            self._faults[file] = [reason, 1]
+            logging.warning("skipping %s: %s", file, reason)
+            if self.path:
+                with open(self.path, "a") as f:
+                    f.write(f"{file}\t{reason}\n")
+
+    def __len__(self) -> int:
+        return len(self._faults)
+
+    @property
+    def skipped(self) -> int:
+        """Total number of skipped loads (a bad file counts once per epoch it was met)."""
+        with self._lock:
+            return sum(count for _, count in self._faults.values())
+
+    def items(self):
+        """[(file, reason)] in the order first met."""
+        with self._lock:
+            return [(f, r) for f, (r, _) in self._faults.items()]
+
+
+def describe_failure(path: str) -> str:
+    """Why `read_bgr` returned None for this file, in words for the report."""
+    if path.startswith("synthetic://"):
+        return "could not be rendered"
+    if not os.path.exists(path):
+        return "missing"
+    if os.path.getsize(path) == 0:
+        return "zero-byte file"
+    with open(path, "rb") as f:
+        from cvm.data.records import is_truncated
+
+        if is_truncated(f.read()):
+            return "truncated image"
+    return "unreadable image (not a decodable JPEG/PNG)"
+
+
+class PairLoader:
+    """Reads, prepares and augments one pair in NumPy/OpenCV; the body of the tf.data map."""
+
+    def __init__(self, split: Split, spec: images.ImageSpec, augment: Optional[augment_lib.AugmentSpec] = None,
+                 seed: int = 0, faults: Optional[FaultReport] = None, cache: bool = False):
+        if spec.ground_size is None:
+            raise CvmError("the pipeline needs a fixed ground_size (height, width) to batch images")
+        self.split = split
+        self.spec = spec
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed = int(seed)
+        self.faults = faults if faults is not None else FaultReport()
+        self._cache = {} if cache else None
+        self._cache_lock = threading.Lock()
+
+    @property
+    def ground_shape(self) -> tuple:
+        h, w = self.spec.ground_size
+        if self.augment is not None and self.augment.fov_deg < 360.0:
+            w = max(1, int(round(w * self.augment.fov_deg / 360.0)))
+        return (int(h), int(w), 3)
+
+    @property
+    def aerial_shape(self) -> tuple:
+        return (int(self.spec.aerial_size[0]), int(self.spec.aerial_size[1]), 3)
+
+    def _read(self, index: int):
+        if self._cache is not None:
+            with self._cache_lock:
+                hit = self._cache.get(index)
+            if hit is not None:
+                return hit
+        ground = self.split.read_ground(index)
+        if ground is None:
+            self.faults.record(self.split[index].ground_path, describe_failure(self.split[index].ground_path))
+            return None
+        aerial = self.split.read_aerial(index)
+        if aerial is None:
+            self.faults.record(self.split[index].aerial_path, describe_failure(self.split[index].aerial_path))
+            return None
+        # Crop the ground rows before caching: CVACT's full panoramas are 4x the kept part.
+        ground = images.crop_rows(ground, self.split.ground_rows)
+        if self._cache is not None:
+            with self._cache_lock:
+                self._cache[index] = (ground, aerial)
+        return ground, aerial
+
+    def load(self, index: int, epoch: int, train: bool):
+        """(ground uint8, aerial uint8, yaw float32, ok bool); ok False means skip this sample."""
+        index = int(index)
+        try:
+            pair = self._read(index)
+            if pair is None:
+                return self._failed()
+            ground, aerial = pair
+            ground = images.resize_area(ground, self.spec.ground_size)
+            yaw = 0.0
+            if self.augment is None:
+                aerial = images.prepare_aerial(aerial, self.spec)
+            else:
+                # Train draws depend on the epoch; evaluation draws (fixed FoV / azimuth test sets)
+                # only on the index, so every model sees the same test set for a given seed.
+                key = [self.seed, int(epoch), index] if train else [self.seed, 2**31, index]
+                rng = np.random.default_rng(key)
+                ground, aerial, yaw = augment_lib.apply(
+                    self.augment, ground, aerial, rng,
+                    resize_aerial=lambda a: images.prepare_aerial(a, self.spec),
+                    aerial_is_polar=self.spec.aerial_polar)
+            if ground.shape != self.ground_shape or aerial.shape != self.aerial_shape:
+                raise ValueError(f"prepared shapes {ground.shape}/{aerial.shape}, expected "
+                                 f"{self.ground_shape}/{self.aerial_shape}")
+            return ground, aerial, np.float32(yaw), True
+        except Exception as exc:  # a bad sample must never stop an epoch
+            pair = self.split[index]
+            self.faults.record(f"{pair.ground_path} | {pair.aerial_path}", f"{type(exc).__name__}: {exc}")
+            return self._failed()
+
+    def _failed(self):
+        return (np.zeros(self.ground_shape, np.uint8), np.zeros(self.aerial_shape, np.uint8),
+                np.float32(0.0), False)
+
+
+def normalise_batch(images_uint8: tf.Tensor, spec: images.ImageSpec) -> tf.Tensor:
+    """TF twin of images.normalise: float32, channel order, mean subtraction, scale."""
+    x = tf.cast(images_uint8, tf.float32)
+    if spec.channel_order == "rgb":
+        x = tf.reverse(x, axis=[-1])
+    if spec.mean is not None:
+        x = x - tf.constant(spec.mean, tf.float32)
+    if spec.scale != 1.0:
+        x = x * spec.scale
+    return x
+
+
+class Pipeline:
+    """Builds the train and eval datasets of one split.
+
+    Args:
+      split: the records (any adapter, or the in-memory synthetic world).
+      spec: image sizes and normalisation (`cvm.data.images.PRESETS`).
+      augment: training augmentation; for evaluation only `azimuth_shift` and `fov_deg` apply
+        (a fixed, seeded test set for orientation-unknown / limited-FoV evaluation).
+      seed: the seed of shuffles and augmentation draws.
+      faults: where skipped samples are reported (a FaultReport; `faults_path` makes one).
+      cache: keep decoded images in memory after the first epoch (decode is the dominant cost).
+      num_parallel_calls: parallel decoders (default tf.data.AUTOTUNE).
+    """
+
+    def __init__(self, split: Split, spec: images.ImageSpec, augment: Optional[augment_lib.AugmentSpec] = None,
+                 seed: int = 0, faults: Optional[FaultReport] = None, faults_path: Optional[str] = None,
+                 cache: bool = False, num_parallel_calls: Optional[int] = None):
+        if len(split) == 0:
+            raise CvmError(f"{split.dataset} split {split.name!r} has no pairs (root: {split.root})")
+        if faults is None:
+            faults = FaultReport(faults_path)
+        self.split = split
+        self.spec = spec
+        self.augment = augment
+        self.seed = int(seed)
+        self.faults = faults
+        self.loader = PairLoader(split, spec, augment, seed, faults, cache)
+        self.num_parallel_calls = num_parallel_calls or tf.data.AUTOTUNE
+        locations = split.locations()
+        self._locations = None if locations is None else tf.constant(locations, tf.float64)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The sample order of a training epoch (a pure function of seed and epoch)."""
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.split)).astype(np.int64)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Full batches per training epoch when no sample is skipped."""
+        return len(self.split) // int(batch_size)
+
+    def _load_fn(self, train: bool):
+        loader = self.loader
+        g_shape, a_shape = loader.ground_shape, loader.aerial_shape
+
+        def load(epoch, index):
+            ground, aerial, yaw, ok = tf.numpy_function(
+                lambda i, e: loader.load(i, e, train), [index, epoch],
+                [tf.uint8, tf.uint8, tf.float32, tf.bool], name="load_pair")
+            ground.set_shape(g_shape)
+            aerial.set_shape(a_shape)
+            yaw.set_shape(())
+            ok.set_shape(())
+            return {"ground": ground, "aerial": aerial, "index": index, "yaw": yaw, "ok": ok}
+
+        return load
+
+    def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        spec, locations = self.spec, self._locations
+
+        def split_batch(batch):
+            features = {"ground": normalise_batch(batch["ground"], spec),
+                        "aerial": normalise_batch(batch["aerial"], spec)}
+            meta = {"index": batch["index"], "yaw": batch["yaw"]}
+            if locations is not None:
+                meta["location"] = tf.gather(locations, batch["index"])
+            return features, meta
+
+        return ds.map(split_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def _samples(self, indices: tf.data.Dataset, train: bool) -> tf.data.Dataset:
+        """(epoch, index) elements -> loaded samples, failures filtered out, order kept."""
+        return (indices.map(self._load_fn(train), num_parallel_calls=self.num_parallel_calls, deterministic=True)
+                .filter(lambda s: s["ok"]))
+
+    def train(self, batch_size: int, start_epoch: int = 0, epochs: Optional[int] = None,
+              skip_batches: int = 0) -> tf.data.Dataset:
+        """Full shuffled batches for epochs start_epoch .. epochs-1 (forever if epochs is None).
+
+        `skip_batches` drops that many batches of `start_epoch` first: resuming mid-epoch.
+        """
+        batch_size = int(batch_size)
+        if batch_size > len(self.split):
+            raise CvmError(f"--batch_size {batch_size} is larger than the {self.split.dataset} "
+                           f"{self.split.name} split ({len(self.split)} pairs)")
+        n = len(self.split)
+        order_fn = self.epoch_order
+
+        def one_epoch(epoch):
+            order = tf.numpy_function(order_fn, [epoch], tf.int64, name="epoch_order")
+            order.set_shape((n,))
+            indices = tf.data.Dataset.from_tensor_slices(order).map(lambda i: (epoch, i))
+            return self._samples(indices, train=True).batch(batch_size, drop_remainder=True)
+
+        stop = np.iinfo(np.int64).max if epochs is None else int(epochs)
+        ds = tf.data.Dataset.range(int(start_epoch), stop).flat_map(one_epoch)
+        if skip_batches:
+            ds = ds.skip(int(skip_batches))
+        return self._finish(ds)
+
+    def eval(self, batch_size: int) -> tf.data.Dataset:
+        """Every sample once, in split order; the last batch may be partial."""
+        indices = tf.data.Dataset.range(len(self.split)).map(lambda i: (tf.constant(0, tf.int64), i))
+        return self._finish(self._samples(indices, train=False).batch(int(batch_size)))
+
+
+def train_dataset(split: Split, spec: images.ImageSpec, batch_size: int, augment=None, seed: int = 0,
+                  **kwargs) -> tf.data.Dataset:
+    """Shorthand for Pipeline(split, spec, augment, seed, ...).train(batch_size)."""
+    epochs = kwargs.pop("epochs", None)
+    return Pipeline(split, spec, augment, seed, **kwargs).train(batch_size, epochs=epochs)
+
+
+def eval_dataset(split: Split, spec: images.ImageSpec, batch_size: int, augment=None, seed: int = 0,
+                 **kwargs) -> tf.data.Dataset:
+    """Shorthand for Pipeline(split, spec, augment, seed, ...).eval(batch_size)."""
+    return Pipeline(split, spec, augment, seed, **kwargs).eval(batch_size)
