@@ -30,6 +30,7 @@ flags.DEFINE_enum("cvact_layout", "auto", ["auto", "distributed", "preprocessed"
                   "check: CVACT folder layout (auto-detected by default).")
 flags.DEFINE_string("cvact_mat", None, "check: path of ACT_data.mat (default ROOT/ACT_data.mat).")
 flags.DEFINE_integer("limit", None, "check: only the first N pairs of each split (a quick look).")
+flags.DEFINE_list("splits", None, "check: only these splits (e.g. 'test' for a CVACT ANU_data_test folder).")
 
 FLAGS = flags.FLAGS
 
@@ -57,7 +58,8 @@ def check() -> int:
     options = {}
     if FLAGS.dataset == "cvact":
         options = {"layout": FLAGS.cvact_layout, "mat_path": FLAGS.cvact_mat}
-    return main_check(FLAGS.dataset, FLAGS.root, limit=FLAGS.limit, workers=FLAGS.workers, **options)
+    return main_check(FLAGS.dataset, FLAGS.root, splits=FLAGS.splits, limit=FLAGS.limit, workers=FLAGS.workers,
+                      **options)
 
 
 def main(argv) -> int:

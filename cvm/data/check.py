@@ -1,0 +1,387 @@
+"""`cvm data check`: verify that a dataset folder holds every file of every split, readable and at the official size.
+
+For each listed file: does it exist, is it non-empty, does it decode (`records.read_bgr`, which also
+rejects truncated JPEG/PNG files), and does it have the official size. Missing or unreadable files
+make the dataset unusable; a wrong size is only a warning (the pipeline resizes every image) but
+means the data differ from the official release, so results are not comparable with published ones.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import inspect
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from cvm.data import cvact, cvusa, sources, ucfop
+from cvm.data.records import Split, is_truncated, read_bgr
+from cvm.errors import CvmError
+
+# An expected image size: (height, width), SQUARE (any h == w), or None (any decodable image).
+SQUARE = "square"
+# How many unreadable / wrong-size files a report names per split before "... and N more".
+MAX_LISTED = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What `check_dataset` needs to know about a dataset.
+
+    Attributes:
+      adapter: `load_xxx(root, split, **options) -> Split`.
+      splits: the distinct splits to check (aliases such as CVUSA "test" left out).
+      split_names: every split name the adapter accepts, aliases included.
+      sizes: (layout, aerial kind) -> (ground size, aerial size); the key is read from the split's
+        `layout` / `aerial_kind` attributes, (None, None) for datasets with a single layout.
+      official_pairs: split -> number of pairs of the official split file (a differing count is
+        mentioned in the report, not an error).
+    """
+
+    adapter: Callable[..., Split]
+    splits: tuple
+    split_names: tuple
+    sizes: dict
+    official_pairs: dict
+
+
+DATASETS = {
+    "cvusa": DatasetSpec(
+        adapter=cvusa.load_cvusa,
+        splits=("train", "val"),
+        split_names=tuple(cvusa.SPLIT_FILES),
+        sizes={(None, None): ((224, 1232), (750, 750))},
+        official_pairs={"train": 35532, "val": 8884},
+    ),
+    "cvact": DatasetSpec(
+        adapter=cvact.load_cvact,
+        splits=("train", "val", "test"),
+        split_names=tuple(cvact.SPLIT_FIELDS),
+        sizes={
+            ("distributed", "satview"): ((832, 1664), (1200, 1200)),
+            ("preprocessed", "satview"): ((112, 616), SQUARE),
+            ("preprocessed", "polar"): ((112, 616), (112, 616)),
+        },
+        official_pairs={"train": 35532, "val": 8884, "test": 92802},
+    ),
+    "ucfop": DatasetSpec(
+        adapter=ucfop.load_ucfop,
+        splits=("train", "test"),
+        split_names=tuple(ucfop.SPLIT_FILES),
+        sizes={(None, None): (None, None)},
+        official_pairs={},
+    ),
+}
+
+
+@dataclasses.dataclass
+class SplitReport:
+    """The result of checking one split.
+
+    Attributes:
+      pairs: pairs listed by the split file.
+      checked_pairs: pairs whose files were checked (fewer than `pairs` with a limit).
+      files: distinct files checked.
+      missing / missing_ground / missing_aerial: files that do not exist.
+      first_missing: path of the first missing file in split order.
+      unreadable: (path, reason) of empty, truncated or undecodable files.
+      wrong_size: (path, (h, w) found, expected size) of decodable files of a non-official size.
+      error: why the split could not be listed (missing or malformed split file), else None.
+      official_pairs: pairs of the official split, if known.
+      sizes_checked: whether an official size was expected for the ground or aerial images.
+    """
+
+    dataset: str
+    name: str
+    pairs: int = 0
+    checked_pairs: int = 0
+    files: int = 0
+    missing: int = 0
+    missing_ground: int = 0
+    missing_aerial: int = 0
+    first_missing: Optional[str] = None
+    unreadable: list = dataclasses.field(default_factory=list)
+    wrong_size: list = dataclasses.field(default_factory=list)
+    error: Optional[str] = None
+    official_pairs: Optional[int] = None
+    sizes_checked: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and self.pairs > 0 and self.missing == 0 and not self.unreadable
+
+    def problems(self) -> str:
+        """Short summary of what makes the split unusable ("" if usable)."""
+        if self.error is not None:
+            return "cannot be listed"
+        if self.pairs == 0:
+            return "lists no pairs"
+        parts = []
+        if self.missing:
+            parts.append(f"{self.missing} missing")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} unreadable")
+        return " and ".join(parts) + (" file(s)" if parts else "")
+
+    def format_lines(self) -> list:
+        if self.error is not None:
+            return [f"  {self.name}: cannot be listed: {self.error}"]
+        counted = f"{self.pairs} pairs"
+        if self.official_pairs is not None and self.pairs != self.official_pairs:
+            counted += f" (official: {self.official_pairs})"
+        if self.checked_pairs < self.pairs:
+            counted += f", first {self.checked_pairs} checked"
+        if self.pairs == 0:
+            return [f"  {self.name}: 0 pairs: the split file lists no pairs"]
+        findings = []
+        if self.missing:
+            findings.append(f"{self.missing} missing")
+        if self.unreadable:
+            findings.append(f"{len(self.unreadable)} unreadable")
+        if self.wrong_size:
+            findings.append(f"{len(self.wrong_size)} of wrong size")
+        status = ", ".join(findings) if findings else "all present and readable"
+        if not findings and self.sizes_checked:
+            status += ", of the official size"
+        lines = [f"  {self.name}: {counted}, {self.files} files: {status}"]
+        if self.missing:
+            lines.append(
+                f"    missing: {self.missing} file(s) ({self.missing_ground} ground, {self.missing_aerial} aerial); "
+                f"first: {self.first_missing}"
+            )
+        lines += _listed("unreadable", [f"{path} ({reason})" for path, reason in self.unreadable])
+        lines += _listed(
+            "wrong size",
+            [f"{path} is {_size_text(found)}, expected {_size_text(want)}" for path, found, want in self.wrong_size],
+        )
+        return lines
+
+
+@dataclasses.dataclass
+class DatasetReport:
+    """The result of checking every split of a dataset; `format()` is what `cvm data check` prints."""
+
+    dataset: str
+    root: str
+    splits: list
+    limit: Optional[int] = None
+    error: Optional[str] = None  # set when no split could be listed, for one shared reason
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and bool(self.splits) and all(s.usable for s in self.splits)
+
+    def format(self) -> str:
+        title = sources.source(self.dataset).title
+        header = f"{title} at {self.root}"
+        if self.limit is not None:
+            header += f" (quick check: first {self.limit} pairs of each split)"
+        lines = [header]
+        if self.error is not None:
+            lines.append(f"  cannot be listed: {self.error}")
+        else:
+            for split in self.splits:
+                lines += split.format_lines()
+        lines.append(self._verdict(title))
+        return "\n".join(lines)
+
+    def _verdict(self, title: str) -> str:
+        if not self.usable:
+            if self.error is not None:
+                return f"{title} is NOT usable: its splits cannot be listed; fix the error above."
+            reasons = "; ".join(f"{s.name} {s.problems()}" for s in self.splits if not s.usable)
+            return f"{title} is NOT usable: {reasons}. Fix or restore the files named above; see README 'Datasets'."
+        scope = "all files are"
+        if self.limit is not None:
+            scope = f"the files of the first {self.limit} pairs of each split are"
+        wrong = sum(len(s.wrong_size) for s in self.splits)
+        if wrong:
+            return (
+                f"{title} is usable ({scope} present and readable), but {wrong} image(s) differ from the "
+                f"official size: they will be resized, and the data do not match the official release."
+            )
+        sized = " and of the official size" if any(s.sizes_checked for s in self.splits) else ""
+        return f"{title} is usable: {scope} present, readable{sized}."
+
+
+def check_split(
+    split: Split,
+    expected_ground=None,
+    expected_aerial=None,
+    workers: Optional[int] = None,
+    progress: bool = False,
+    limit: Optional[int] = None,
+) -> SplitReport:
+    """Check every file of a file-backed split (existence, non-empty, decodes, size).
+
+    Args:
+      expected_ground / expected_aerial: (height, width), SQUARE, or None for any size.
+      workers: decoding threads (cv2 releases the GIL); default min(32, cpu_count + 4).
+      progress: show a tqdm progress bar on stderr.
+      limit: check only the first `limit` pairs.
+    """
+    pairs = split.pairs if limit is None else split.pairs[: max(0, int(limit))]
+    report = SplitReport(dataset=split.dataset, name=split.name, pairs=len(split), checked_pairs=len(pairs))
+
+    # Distinct files in split order; a file listed twice is decoded once.
+    files = {}
+    for pair in pairs:
+        files.setdefault(pair.ground_path, "ground")
+        files.setdefault(pair.aerial_path, "aerial")
+    report.files = len(files)
+    report.sizes_checked = expected_ground is not None or expected_aerial is not None
+    expected = {"ground": expected_ground, "aerial": expected_aerial}
+
+    workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_inspect, files)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(files), desc=f"{split.dataset}/{split.name}", unit="img", file=sys.stderr)
+        for (path, kind), (status, detail) in zip(files.items(), results):
+            if status == "missing":
+                report.missing += 1
+                if kind == "ground":
+                    report.missing_ground += 1
+                else:
+                    report.missing_aerial += 1
+                if report.first_missing is None:
+                    report.first_missing = path
+            elif status == "unreadable":
+                report.unreadable.append((path, detail))
+            elif not _size_matches(detail, expected[kind]):
+                report.wrong_size.append((path, detail, expected[kind]))
+    return report
+
+
+def check_dataset(
+    dataset: str,
+    root: str,
+    *,
+    splits: Optional[Sequence[str]] = None,
+    limit: Optional[int] = None,
+    workers: Optional[int] = None,
+    progress: bool = False,
+    **adapter_options,
+) -> DatasetReport:
+    """Check every split of a dataset (or the given `splits`) under `root`.
+
+    A split whose file is missing or malformed is reported (with the adapter's message) and the
+    other splits are still checked. `adapter_options` go to the adapter (CVACT: layout, aerial,
+    mat_path).
+
+    Raises:
+      CvmError: unknown dataset or split name, missing root, or an option the adapter does not take.
+    """
+    if dataset not in DATASETS:
+        raise CvmError(f"Unknown dataset {dataset!r} for `data check`; valid datasets: {', '.join(DATASETS)}.")
+    spec = DATASETS[dataset]
+    splits = tuple(splits) if splits else spec.splits
+    for name in splits:
+        if name not in spec.split_names:
+            raise CvmError(f"Unknown {dataset} split {name!r}; valid splits: {', '.join(spec.split_names)}.")
+    _check_options(dataset, spec.adapter, adapter_options)
+    if limit is not None and int(limit) < 1:
+        raise CvmError(f"The check limit must be a positive number of pairs, got {limit}.")
+    root = sources.require_root(dataset, root)
+
+    reports = []
+    for name in splits:
+        try:
+            split = spec.adapter(root, name, **adapter_options)
+        except CvmError as e:
+            reports.append(SplitReport(dataset=dataset, name=name, error=str(e)))
+            continue
+        key = (getattr(split, "layout", None), getattr(split, "aerial_kind", None))
+        ground_size, aerial_size = spec.sizes.get(key, (None, None))
+        report = check_split(split, ground_size, aerial_size, workers=workers, progress=progress, limit=limit)
+        report.official_pairs = spec.official_pairs.get(name)
+        reports.append(report)
+
+    # One shared reason (missing ACT_data.mat, wrong root) is stated once instead of per split.
+    errors = {r.error for r in reports}
+    shared_error = errors.pop() if len(errors) == 1 and len(reports) > 1 and None not in errors else None
+    return DatasetReport(dataset=dataset, root=root, splits=reports, limit=limit, error=shared_error)
+
+
+def main_check(
+    dataset: str,
+    root: str,
+    *,
+    splits: Optional[Sequence[str]] = None,
+    limit: Optional[int] = None,
+    workers: Optional[int] = None,
+    progress: Optional[bool] = None,
+    out=None,
+    **adapter_options,
+) -> int:
+    """Print the report of `check_dataset` and return the exit code: 0 if usable, else 1.
+
+    `progress=None` shows progress bars when stderr is a terminal. CvmErrors for usage mistakes
+    (unknown dataset, missing root, bad option) propagate to the CLI.
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
+    report = check_dataset(
+        dataset, root, splits=splits, limit=limit, workers=workers, progress=progress, **adapter_options
+    )
+    print(report.format(), file=out or sys.stdout)
+    return 0 if report.usable else 1
+
+
+def _inspect(path: str):
+    """("missing", None) | ("unreadable", reason) | ("ok", (h, w)) for one file."""
+    if not os.path.isfile(path):
+        return "missing", None
+    image = read_bgr(path)
+    if image is None:
+        return "unreadable", _why_unreadable(path)
+    return "ok", tuple(image.shape[:2])
+
+
+def _why_unreadable(path: str) -> str:
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file, 0 bytes"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    # is_truncated looks at the signature and the last 64 bytes only.
+    if is_truncated(head + tail):
+        return "truncated: no end-of-image marker"
+    return "cannot be decoded: corrupt or not an image"
+
+
+def _size_matches(found, expected) -> bool:
+    if expected is None:
+        return True
+    if expected == SQUARE:
+        return found[0] == found[1]
+    return tuple(found) == tuple(expected)
+
+
+def _size_text(size) -> str:
+    if size == SQUARE:
+        return "square"
+    return f"{size[0]}x{size[1]} (h x w)"
+
+
+def _listed(label: str, items: list) -> list:
+    lines = [f"    {label}: {item}" for item in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        lines.append(f"    ... and {len(items) - MAX_LISTED} more {label}")
+    return lines
+
+
+def _check_options(dataset: str, adapter: Callable, options: dict) -> None:
+    params = list(inspect.signature(adapter).parameters)[2:]  # after (root, split)
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        accepted = ", ".join(params) if params else "none"
+        raise CvmError(f"Dataset {dataset!r} takes no option {unknown[0]!r}; its options: {accepted}.")

@@ -1,0 +1,69 @@
+"""CVUSA ("CVPR subset") adapter: split CSVs -> `Split` of (panorama, aerial) pairs.
+
+Root layout: bingmap/19/NNNNNNN.jpg (aerial, 750x750), streetview/panos/NNNNNNN.jpg (panorama,
+224 high x 1232 wide), splits/train-19zl.csv and splits/val-19zl.csv. Each CSV row is
+`aerial,panorama,annotation` with paths relative to the root; the annotation png is not used and
+may be missing. Ground truth is positional (row i's panorama matches row i's aerial image); CVUSA
+has no coordinates.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cvm.data import sources
+from cvm.data.records import Pair, Split
+from cvm.errors import CvmError
+
+# Split name -> CSV under splits/. The published "test" results are on val-19zl.csv.
+SPLIT_FILES = {"train": "train-19zl.csv", "val": "val-19zl.csv", "test": "val-19zl.csv"}
+SPLITS = ("train", "val")
+
+_SPLITS_ORIGIN = "comes with the CVPR_subset archive (splits.tar.gz) that the CVUSA authors send on request"
+
+
+def load_cvusa(root: str, split: str) -> Split:
+    """The pairs of a CVUSA split, in CSV row order.
+
+    Args:
+      root: the CVPR_subset folder (holds bingmap/, streetview/, splits/).
+      split: "train" (train-19zl.csv) or "val" (val-19zl.csv); "test" is an alias of "val", the set
+        every paper reports as the CVUSA test set. The returned split keeps the requested name.
+
+    Returns:
+      Split(dataset="cvusa", location_kind=None, ground_rows=None) whose pairs carry absolute paths
+      and id = file stem of the aerial image. Pairs are listed even if their files are missing
+      (`cvm data check` reports those).
+
+    Raises:
+      CvmError: unknown split name, missing root or split file, malformed CSV row.
+    """
+    if split not in SPLIT_FILES:
+        raise CvmError(f"Unknown CVUSA split {split!r}; valid splits: 'train', 'val', 'test' (alias of 'val').")
+    root = sources.require_root("cvusa", root)
+    csv_path = os.path.join(root, "splits", SPLIT_FILES[split])
+    if not os.path.isfile(csv_path):
+        raise sources.missing_file_error("cvusa", csv_path, "split file", _SPLITS_ORIGIN)
+
+    rows = sources.read_split_rows(
+        "cvusa", csv_path, ("aerial", "ground"), "restore the original file from the CVPR_subset splits.tar.gz"
+    )
+    pairs = []
+    for _, fields in rows:
+        aerial_rel, ground_rel = fields[0], fields[1]
+        pairs.append(
+            Pair(
+                ground_path=os.path.join(root, ground_rel),
+                aerial_path=os.path.join(root, aerial_rel),
+                id=os.path.splitext(os.path.basename(aerial_rel))[0],
+            )
+        )
+    return Split(
+        dataset="cvusa",
+        name=split,
+        root=root,
+        pairs=pairs,
+        location_kind=None,
+        ground_rows=None,
+        source=sources.source("cvusa").origin,
+    )
