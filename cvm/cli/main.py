@@ -8,6 +8,7 @@ import sys
 # verb -> (module, one-line description). Importing only the chosen verb keeps its flags alone.
 VERBS = {
     "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder)"),
+    "train": ("cvm.cli.train", "train or resume a retrieval model (no flags: the synthetic-world quickstart)"),
 }
 
 USAGE = """usage: cvm VERB [--flagfile FILE] [--flags ...]

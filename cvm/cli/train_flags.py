@@ -1,0 +1,126 @@
+"""The flags of a retrieval run, one per TrainConfig field (shared by `cvm train` and `cvm eval`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from cvm.training.config import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+# field -> (kind, help). kind: str, int, float, bool, size (H,W), or ("enum", choices).
+FIELDS = {
+    "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, ..."),
+    "keep_prob": ("float", "Dropout keep probability of the VGG conv4/conv5 and TransNet layers (rate = 1 - keep_prob)."),
+    "weights": ("str", "Backbone initialisation: 'imagenet' (Keras' VGG16 weights; needs internet), a local "
+                       "Keras VGG16 notop .h5 file, or empty for random."),
+    "output_dim": ("int", "Descriptor size (4096 in the papers)."),
+    "clusters": ("int", "NetVLAD clusters K (64 in the papers)."),
+    "backbone_width": ("float", "Channel multiplier of the VGG16 tower (1.0 = the paper; 0.125 = the quickstart's "
+                                "small backbone)."),
+    "freeze_blocks": ("int", "Number of leading VGG blocks kept frozen (3 in CVM-Net: conv1-conv3)."),
+    "normalize_output": ("bool", "L2-normalise CVM-Net-II descriptors (the original did not, though its loss "
+                                 "assumes unit norm; --nonormalize_output keeps the original)."),
+    "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop"]), "Dataset (synthetic = the embedded world)."),
+    "root": ("str", "Dataset root folder (not used by the synthetic world)."),
+    "train_split": ("str", "Training split name."),
+    "val_split": ("str", "Validation split used for model selection (CVUSA 'val' is the papers' test set, "
+                         "as the originals did); empty: no validation."),
+    "holdout_fraction": ("float", "If > 0, validate on this seeded fraction of the training split instead of "
+                                  "--val_split (proper model selection)."),
+    "preset": ("str", "Image size preset: cvm_net, regmi, cvft, safa, safa_polar, small."),
+    "ground_size": ("size", "Ground input 'height,width' (overrides the preset)."),
+    "aerial_size": ("size", "Aerial input 'height,width' (overrides the preset)."),
+    "aerial_polar": ("bool", "Polar-transform the aerial image (SAFA)."),
+    "augment": (("enum", ["none", "cvm_net", "joint"]),
+                "Training augmentation: cvm_net (zoom-crop + aerial rotation, CVM-Net/Regmi), joint (aerial "
+                "rot90 + panorama roll and joint flip, Sample4Geo), none."),
+    "double_zero": ("bool", "Keep CVM-Net's randint(0, 4) rotation draw in which 0 degrees comes twice as often."),
+    "rotation_impl": (("enum", ["warp_affine", "exact"]), "CVM-Net rotation: warp_affine (as the original, 1-px "
+                                                        "shift) or exact (np.rot90)."),
+    "fov_deg": ("float", "Ground field of view in degrees (360 = full panorama; less = limited-FoV crops, in "
+                         "training and in a seeded test set)."),
+    "azimuth_shift": ("bool", "Random panorama azimuth (orientation unknown), in training and a seeded test set."),
+    "synthetic_pairs": ("int", "Synthetic world: number of pairs (train + val)."),
+    "synthetic_seed": ("int", "Synthetic world: seed of the world and its locations."),
+    "cache": ("bool", "Keep decoded images in memory after their first read."),
+    "alpha": ("float", "Weight alpha of the soft-margin triplet loss (10 in the papers)."),
+    "include_diagonal": ("bool", "Include the positive pairs in the loss sums, as the original (a constant "
+                                 "log(2)/(B-1) offset)."),
+    "mask_radius_m": ("float", "CVACT: exclude negatives closer than this many metres (25 in CVFT/SAFA); empty: "
+                               "no mask."),
+    "mask_mode": (("enum", ["inside", "outside"]), "Where the UTM mask applies: inside the softplus (original) or "
+                                                   "outside."),
+    "batch_size": ("int", "Global batch size (split across replicas)."),
+    "lr": ("float", "Adam learning rate."),
+    "epochs": ("int", "Number of epochs."),
+    "steps_per_epoch": ("int", "Cap on the steps of an epoch (default: the whole training split)."),
+    "precision": (("enum", ["float32", "mixed_float16", "mixed_bfloat16"]), "Keras dtype policy; the loss is "
+                                                                            "always float32."),
+    "jit_compile": ("bool", "XLA-compile the training step."),
+    "strategy": (("enum", ["default", "mirrored", "multi_worker"]), "tf.distribute strategy."),
+    "seed": ("int", "Seed of initialisation, data order, augmentation and dropout."),
+    "model_dir": ("str", "Run folder: config, checkpoints, best model, TensorBoard logs, results."),
+    "checkpoint_every_steps": ("int", "Also checkpoint every N steps (0: at the end of each epoch only)."),
+    "keep_checkpoints": ("int", "How many recent checkpoints to keep."),
+    "eval_every_epochs": ("int", "Validate every N epochs."),
+    "eval_batch_size": ("int", "Batch size of validation and evaluation."),
+    "best_metric": ("str", "Validation metric that selects the best model (r@1, r@5, r@10, r@1%_floor, "
+                           "r@1%_floor_plus_1)."),
+}
+
+assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field needs a flag"
+
+
+def _size_text(value):
+    return None if value is None else ",".join(str(v) for v in value)
+
+
+def define_flags() -> None:
+    """Define one absl flag per TrainConfig field, defaulting to the quickstart."""
+    for name, (kind, help_text) in FIELDS.items():
+        default = getattr(_DEFAULTS, name)
+        if isinstance(kind, tuple):
+            flags.DEFINE_enum(name, default, kind[1], help_text)
+        elif kind == "bool":
+            flags.DEFINE_boolean(name, default, help_text)
+        elif kind == "int":
+            flags.DEFINE_integer(name, default, help_text)
+        elif kind == "float":
+            flags.DEFINE_float(name, default, help_text)
+        elif kind == "size":
+            flags.DEFINE_list(name, _size_text(default), help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+
+
+def config_from_flags(flag_values) -> TrainConfig:
+    values = {}
+    for name, (kind, _) in FIELDS.items():
+        value = getattr(flag_values, name)
+        if kind == "size":
+            value = tuple(int(v) for v in value) if value else None
+        elif kind == "str" and value == "":
+            value = None if getattr(_DEFAULTS, name) is None else value
+        values[name] = value
+    return TrainConfig(**values)
+
+
+def flagfile_text(config: TrainConfig) -> str:
+    """The config as a flagfile (`cvm train --flagfile model_dir/flags.cfg` reruns it)."""
+    lines = []
+    for name, (kind, _) in FIELDS.items():
+        value = getattr(config, name)
+        if kind == "bool":
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif value is None:
+            if kind == "str":
+                lines.append(f"--{name}=")
+            # None ints/floats are the defaults (no cap, no mask): leaving them out keeps them.
+        elif kind == "size":
+            lines.append(f"--{name}={_size_text(value)}")
+        else:
+            lines.append(f"--{name}={value}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""Write the synthetic world as a CVUSA- or CVACT-shaped dataset folder (official names and sizes).
+
+CVUSA:
+    bingmap/19/{id}.jpg              750x750 north-up aerial, ~0.23 m/px (172.5 m across)
+    streetview/panos/{id}.jpg        1232x224 panorama (vertical fov 224/1232*360 deg around the horizon)
+    splits/train-19zl.csv, splits/val-19zl.csv
+        rows "bingmap/19/{id}.jpg,streetview/panos/{id}.jpg,annotations/{id}.png" (no header;
+        the annotation images are not written, loaders ignore the column)
+CVACT (as distributed, ANU_data_small):
+    streetview/{panoId}_grdView.jpg               1664x832 full equirectangular panorama
+    satview_polish/{panoId}_satView_polish.jpg    1200x1200 aerial, same 172.5 m coverage
+    ACT_data.mat                                  see `write_act_data`
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import time
+from typing import Optional
+
+import cv2
+import numpy as np
+import scipy.io
+
+from cvm.data.synthetic.dataset import AERIAL_EXTENT_M, shared_world, split_counts
+from cvm.data.synthetic.render import render_aerial, render_panorama
+from cvm.data.synthetic.world import World, world_size_for
+from cvm.errors import CvmError
+
+LAYOUTS = ("cvusa", "cvact")
+JPEG_QUALITY = 95
+# Fixed offset that makes world metres look like UTM zone 55 coordinates around Canberra.
+UTM_OFFSET = (690000.0, 6090000.0)
+_PANO_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+
+# Per layout: final (width, height) of panorama and aerial, the render size (rendered smaller and
+# upsampled with cv2.resize, ~4x cheaper), and the panorama's vertical fov.
+_SPECS = {
+    "cvusa": dict(pano=(1232, 224), pano_render=(616, 112), vfov=224 / 1232 * 360.0, aerial=750, aerial_render=375),
+    "cvact": dict(pano=(1664, 832), pano_render=(832, 416), vfov=180.0, aerial=1200, aerial_render=400),
+}
+
+
+def render_pair(world: World, xy, layout: str):
+    """(panorama, aerial) BGR uint8 at the layout's official sizes for one location."""
+    spec = _SPECS[layout]
+    (pw, ph), (rw, rh) = spec["pano"], spec["pano_render"]
+    pano = render_panorama(world, xy, height_px=rh, width_px=rw, vfov_deg=spec["vfov"])
+    pano = cv2.resize(pano, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    size = spec["aerial_render"]
+    aerial = render_aerial(world, xy, size_px=size, metres_per_pixel=AERIAL_EXTENT_M / size)
+    aerial = cv2.resize(aerial, (spec["aerial"], spec["aerial"]), interpolation=cv2.INTER_LINEAR)
+    return pano, aerial
+
+
+def pano_ids(n: int, seed: int) -> list:
+    """n distinct 22-character Google-style pano ids ([A-Za-z0-9-_]), deterministic from the seed."""
+    rng = np.random.default_rng([int(seed), 0xAC7])
+    ids, seen = [], set()
+    while len(ids) < n:
+        for row in _PANO_ID_ALPHABET[rng.integers(0, len(_PANO_ID_ALPHABET), (n - len(ids), 22))]:
+            text = "".join(row)
+            if text not in seen:
+                seen.add(text)
+                ids.append(text)
+    return ids
+
+
+def write_act_data(path: str, ids: list, locations: np.ndarray, n_train: int) -> None:
+    """Write ACT_data.mat like the official one.
+
+    Read back with m = scipy.io.loadmat(path):
+      m['panoIds']                      [N] str array (a char matrix: every id has 22 characters)
+      m['utm']                          [N, 2] float64 easting, northing in metres
+      m['trainSet']['trainInd'][0][0]   [N_train, 1] 1-based indices into panoIds
+      m['valSet']['valInd'][0][0]       [N_val, 1] 1-based validation indices
+      m['valSetAll']['valInd'][0][0]    [N_val, 1] 1-based indices of all non-train pairs (CVACT_test)
+    """
+    n = len(ids)
+    indices = np.arange(1, n + 1, dtype=np.int64)[:, None]
+    utm = np.asarray(locations, np.float64) + np.asarray(UTM_OFFSET)
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {
+        "panoIds": np.asarray(ids, dtype="<U22"),
+        "utm": utm,
+        "trainSet": {"trainInd": indices[:n_train]},
+        "valSet": {"valInd": indices[n_train:]},
+        "valSetAll": {"valInd": indices[n_train:]},
+    }, do_compression=True)
+    data = bytearray(buffer.getvalue())
+    # The 116-byte descriptive header carries a creation time; fix it so the file is reproducible.
+    data[:116] = b"MATLAB 5.0 MAT-file, written by cvm.data.synthetic".ljust(116, b" ")
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction: float = 0.2, progress: bool = True,
+                  workers: Optional[int] = None) -> dict:
+    """Render `pairs` locations of the world of `seed` into out_dir in the given layout; returns a summary.
+
+    The first round(pairs (1 - val_fraction)) pairs are train, the rest val. Output bytes do not
+    depend on `workers` (each pair is rendered independently from its location).
+    """
+    layout = str(layout).lower()
+    if layout not in LAYOUTS:
+        raise CvmError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    n_train, n_val = split_counts(pairs, val_fraction)
+    pairs = int(pairs)
+    start = time.perf_counter()
+    world = shared_world(seed, world_size_for(pairs))
+    locations = world.sample_locations(pairs, seed=seed)
+
+    if layout == "cvusa":
+        names = [f"{i + 1:07d}" for i in range(pairs)]
+        ground_files = [os.path.join("streetview", "panos", f"{x}.jpg") for x in names]
+        aerial_files = [os.path.join("bingmap", "19", f"{x}.jpg") for x in names]
+    else:
+        names = pano_ids(pairs, seed)
+        ground_files = [os.path.join("streetview", f"{x}_grdView.jpg") for x in names]
+        aerial_files = [os.path.join("satview_polish", f"{x}_satView_polish.jpg") for x in names]
+    for folder in {os.path.dirname(f) for f in ground_files[:1] + aerial_files[:1]}:
+        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+
+    def write_one(i: int) -> None:
+        pano, aerial = render_pair(world, locations[i], layout)
+        for rel, image in ((ground_files[i], pano), (aerial_files[i], aerial)):
+            target = os.path.join(out_dir, rel)
+            if not cv2.imwrite(target, image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+                raise CvmError(f"could not write {target}: check that the folder is writable and has space")
+
+    # Threads: cv2 (remap, resize, JPEG encoding) and numpy's large-array kernels release the GIL,
+    # and threads share the one world instead of generating it per process.
+    workers = max(1, int(workers if workers is not None else min(os.cpu_count() or 1, 8)))
+    bar = _progress(pairs, f"synthetic {layout}", progress)
+    try:
+        if workers == 1:
+            for i in range(pairs):
+                write_one(i)
+                bar.update(1)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(write_one, range(pairs)):
+                    bar.update(1)
+    finally:
+        bar.close()
+
+    if layout == "cvusa":
+        os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
+        for split_name, rows in (("train-19zl.csv", range(n_train)), ("val-19zl.csv", range(n_train, pairs))):
+            with open(os.path.join(out_dir, "splits", split_name), "w", newline="") as f:
+                for i in rows:
+                    f.write(f"bingmap/19/{names[i]}.jpg,streetview/panos/{names[i]}.jpg,annotations/{names[i]}.png\n")
+    else:
+        write_act_data(os.path.join(out_dir, "ACT_data.mat"), names, locations, n_train)
+    return {"layout": layout, "pairs": pairs, "train": n_train, "val": n_val, "out_dir": os.path.abspath(out_dir),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar, or a no-op stand-in when disabled."""
+    if enabled:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit="pair")
+
+    class _Silent:
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+    return _Silent()

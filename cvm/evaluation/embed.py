@@ -1,0 +1,40 @@
+"""Descriptors of a whole split: the eval pipeline through the encoder, in order, on the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def embed_split(encoder, pipeline, batch_size: int, progress: bool = False) -> dict:
+    """{"ground": [N, D] float32, "aerial": [N, D] float32, "index": [N] int64} for the split.
+
+    Pairs whose images could not be read are absent from both sides (`index` lists the pairs kept,
+    in split order). Dropout is off. Descriptors come back to the host in float32; the evaluator
+    streams them, so only the [N, D] arrays (not N x N) ever live in memory.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def step(features):
+        out = encoder(features, training=False)
+        return tf.cast(out["ground"], tf.float32), tf.cast(out["aerial"], tf.float32)
+
+    grounds, aerials, indices = [], [], []
+    dataset = pipeline.eval(batch_size)
+    bar = None
+    if progress:
+        from keras.utils import Progbar
+
+        bar = Progbar(len(pipeline.split), unit_name="pair")
+    for features, meta in dataset:
+        ground, aerial = step(features)
+        grounds.append(ground.numpy())
+        aerials.append(aerial.numpy())
+        indices.append(meta["index"].numpy())
+        if bar is not None:
+            bar.add(int(meta["index"].shape[0]))
+    if not grounds:
+        return {"ground": np.zeros((0, 0), np.float32), "aerial": np.zeros((0, 0), np.float32),
+                "index": np.zeros((0,), np.int64)}
+    return {"ground": np.concatenate(grounds), "aerial": np.concatenate(aerials),
+            "index": np.concatenate(indices)}

@@ -1,0 +1,25 @@
+"""Retrieval models by method name; importing this package registers them and their custom layers.
+
+```python
+from cvm.models import build_model
+model = build_model("cvm_net_i", backbone_width=0.125, clusters=8, output_dim=32)
+model.descriptor_dim, model.l2_normalized  # (32, True)
+```
+"""
+
+from cvm.models.registry import available_methods, build_model, builder_options, register
+from cvm.models.vgg import VGG16Tower, load_vgg16_weights
+from cvm.models.netvlad import NetVLAD
+from cvm.models.cvm_net import CVMNetI, CVMNetII
+
+__all__ = [
+    "available_methods",
+    "build_model",
+    "builder_options",
+    "register",
+    "VGG16Tower",
+    "load_vgg16_weights",
+    "NetVLAD",
+    "CVMNetI",
+    "CVMNetII",
+]

@@ -1,0 +1,272 @@
+"""CVM-Net-I and CVM-Net-II (Hu et al., CVPR 2018), ported from david-husx/crossview_localisation."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from cvm.errors import CvmError
+from cvm.models.netvlad import NetVLAD, l2_normalize
+from cvm.models.registry import register
+from cvm.models.vgg import VGG16Tower, load_vgg16_weights
+
+
+class _CVMNet(keras.Model):
+    """What CVM-Net-I and -II share: options, one VGG16 tower per view, the two-view call."""
+
+    def __init__(
+        self,
+        keep_prob=0.8,
+        weights=None,
+        clusters=64,
+        output_dim=4096,
+        backbone_width=1.0,
+        freeze_blocks=3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 < float(keep_prob) <= 1.0:
+            raise CvmError(f"keep_prob must be in (0, 1], got {keep_prob}")
+        if int(clusters) < 1 or int(output_dim) < 1:
+            raise CvmError(f"clusters and output_dim must be positive, got {clusters} and {output_dim}")
+        if weights is not None and float(backbone_width) != 1.0:
+            raise CvmError(f"weights={weights!r} needs backbone_width=1.0 (got {backbone_width}); pass weights=None")
+        self.keep_prob = float(keep_prob)
+        # `weights` is taken by keras.Layer (the list of variables): keep the option under another name.
+        self.weights_source = None if weights is None else str(weights)
+        self.clusters = int(clusters)
+        self.output_dim = int(output_dim)
+        self.backbone_width = float(backbone_width)
+        self.freeze_blocks = int(freeze_blocks)
+        self.descriptor_dim = self.output_dim
+        tower_options = dict(
+            width=self.backbone_width, freeze_blocks=self.freeze_blocks, dropout_rate=self.dropout_rate
+        )
+        # Scope names of the original graph, so the TF1 converter and readers can match them.
+        self.ground_tower = VGG16Tower(name="VGG_grd", **tower_options)
+        self.aerial_tower = VGG16Tower(name="VGG_sat", **tower_options)
+
+    @property
+    def dropout_rate(self) -> float:
+        return round(1.0 - self.keep_prob, 9)  # 1 - 0.8 without the float residue
+
+    def _load_pretrained_backbones(self):
+        if self.weights_source is not None:
+            load_vgg16_weights([self.ground_tower, self.aerial_tower], self.weights_source)
+
+    def call(self, inputs, training=None):
+        return {
+            "ground": self.encode_ground(inputs["ground"], training=training),
+            "aerial": self.encode_aerial(inputs["aerial"], training=training),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            keep_prob=self.keep_prob,
+            weights=self.weights_source,
+            clusters=self.clusters,
+            output_dim=self.output_dim,
+            backbone_width=self.backbone_width,
+            freeze_blocks=self.freeze_blocks,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A saved model carries its trained weights: do not fetch the initial ones again
+        # (that would need the network, or a file that may have moved).
+        return cls(**{**config, "weights": None})
+
+
+@keras.saving.register_keras_serializable(package="cvm")
+class CVMNetI(_CVMNet):
+    """CVM-Net-I: VGG16 + NetVLAD per view and a shared FC (Hu et al., CVPR 2018).
+
+    Paper: https://openaccess.thecvf.com/content_cvpr_2018/html/Hu_CVM-Net_Cross-View_Matching_CVPR_2018_paper.html
+
+    Each view has its own VGG16 tower (conv1-3 frozen, dropout after conv4/conv5) and its own
+    NetVLAD (64 clusters, 512 x 64 = 32,768-d). A fully connected layer *shared* by both views
+    (truncated-normal std 0.005 weights, bias 0.1, no activation) reduces to `output_dim` and the
+    result is L2-normalised. Inputs are BGR images minus the Caffe mean, any size
+    (512x512 aerial -> 32x32x512 local features; 224x1232 ground -> 14x77x512).
+
+    Args:
+        keep_prob: dropout keep probability of the original (rate = 1 - keep_prob), used only
+            with `training=True`.
+        weights: None (Glorot init), "imagenet" (Keras' VGG16, downloaded) or the path of a
+            local Keras VGG16 notop `.h5`/`.weights.h5` file, copied into both towers.
+        clusters: NetVLAD clusters K.
+        output_dim: descriptor size (`descriptor_dim`).
+        backbone_width: channel multiplier of the VGG towers (1.0 is VGG16; needs weights=None
+            otherwise).
+        freeze_blocks: leading VGG blocks kept frozen (3 as the paper; 0 trains everything).
+
+    Example:
+    ```python
+    model = CVMNetI(backbone_width=0.125, clusters=8, output_dim=32)
+    out = model({"ground": np.zeros((2, 32, 128, 3), "float32"),
+                 "aerial": np.zeros((2, 64, 64, 3), "float32")})
+    out["ground"].shape  # (2, 32), unit rows
+    ```
+    """
+
+    l2_normalized = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ground_netvlad = NetVLAD(self.clusters, name="netvlad_grd")
+        self.aerial_netvlad = NetVLAD(self.clusters, name="netvlad_sat")
+        self.dim_reduction = keras.layers.Dense(
+            self.output_dim,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.005),
+            bias_initializer=keras.initializers.Constant(0.1),
+            name="dim_reduction",
+        )
+        self.build()
+        self._load_pretrained_backbones()
+
+    def build(self, input_shape=None):
+        channels = self.ground_tower.output_channels
+        for tower, netvlad in ((self.ground_tower, self.ground_netvlad), (self.aerial_tower, self.aerial_netvlad)):
+            tower.build()
+            netvlad.build((None, None, None, channels))
+        self.dim_reduction.build((None, channels * self.clusters))
+
+    def _encode(self, images, tower, netvlad, training):
+        local = tower(images, training=training)
+        # Descriptors leave in float32 under mixed precision: the loss and ranking compare them closely.
+        descriptor = ops.cast(self.dim_reduction(netvlad(local)), "float32")
+        return l2_normalize(descriptor, axis=-1)
+
+    def encode_ground(self, images, training=False):
+        """[B, Hg, Wg, 3] ground images -> [B, output_dim] unit descriptors."""
+        return self._encode(images, self.ground_tower, self.ground_netvlad, training)
+
+    def encode_aerial(self, images, training=False):
+        """[B, Ha, Wa, 3] aerial images -> [B, output_dim] unit descriptors."""
+        return self._encode(images, self.aerial_tower, self.aerial_netvlad, training)
+
+
+@keras.saving.register_keras_serializable(package="cvm")
+class CVMNetII(_CVMNet):
+    """CVM-Net-II: VGG16 towers, a partly shared TransNet and one shared NetVLAD (Hu et al., CVPR 2018).
+
+    Paper: https://openaccess.thecvf.com/content_cvpr_2018/html/Hu_CVM-Net_Cross-View_Matching_CVPR_2018_paper.html
+
+    After each view's VGG16 tower, TransNet (`transnet_v2.py`) applies a per-view 1x1 conv
+    (`grd_trans_conv1` / `sat_trans_conv1`), then a 3x3 conv (`trans_conv1`) and a 1x1 conv
+    (`trans_conv2`) shared by both views; each conv keeps the 512 channels and is followed by
+    ReLU and dropout. Conv kernels and biases are Glorot-uniform initialised (the original
+    Xavier-initialised biases too). One NetVLAD shared by both views pools the maps and reduces
+    them to `output_dim` with its internal bias-free projection.
+
+    Deviation: the original CVM-Net-II descriptor is *not* L2-normalised although its triplet
+    loss and evaluation (2 - 2 <s, g>) assume unit vectors. `normalize_output=True` (default)
+    L2-normalises it; `normalize_output=False` keeps the original (and `l2_normalized` is False).
+
+    Args:
+        keep_prob: dropout keep probability of the original (rate = 1 - keep_prob), used only
+            with `training=True`.
+        weights: None, "imagenet" or a local Keras VGG16 notop `.h5`/`.weights.h5` path.
+        clusters: NetVLAD clusters K.
+        output_dim: descriptor size (`descriptor_dim`).
+        backbone_width: channel multiplier of the VGG towers and TransNet.
+        freeze_blocks: leading VGG blocks kept frozen (3 as the paper).
+        normalize_output: L2-normalise the descriptors (see the deviation above).
+
+    Example:
+    ```python
+    model = CVMNetII(backbone_width=0.125, clusters=8, output_dim=32)
+    model.encode_aerial(np.zeros((1, 64, 64, 3), "float32")).shape  # (1, 32)
+    ```
+    """
+
+    def __init__(self, normalize_output=True, **kwargs):
+        super().__init__(**kwargs)
+        self.normalize_output = bool(normalize_output)
+        self.l2_normalized = self.normalize_output
+        channels = self.ground_tower.output_channels
+
+        def trans_conv(kernel_size, name):
+            return keras.layers.Conv2D(
+                channels,
+                kernel_size,
+                padding="same",
+                activation="relu",
+                kernel_initializer="glorot_uniform",
+                bias_initializer="glorot_uniform",
+                name=name,
+            )
+
+        self.ground_trans_conv = trans_conv(1, "grd_trans_conv1")
+        self.aerial_trans_conv = trans_conv(1, "sat_trans_conv1")
+        self.shared_trans_conv1 = trans_conv(3, "trans_conv1")
+        self.shared_trans_conv2 = trans_conv(1, "trans_conv2")
+        self.trans_dropouts = [keras.layers.Dropout(self.dropout_rate, name=f"trans_dropout{i}") for i in range(3)]
+        self.netvlad = NetVLAD(self.clusters, output_dim=self.output_dim, name="netvlad")
+        self.build()
+        self._load_pretrained_backbones()
+
+    def build(self, input_shape=None):
+        shape = (None, None, None, self.ground_tower.output_channels)
+        self.ground_tower.build()
+        self.aerial_tower.build()
+        for conv in (self.ground_trans_conv, self.aerial_trans_conv, self.shared_trans_conv1, self.shared_trans_conv2):
+            conv.build(shape)
+        self.netvlad.build(shape)
+
+    def _encode(self, images, tower, view_conv, training):
+        x = tower(images, training=training)
+        for conv, dropout in zip((view_conv, self.shared_trans_conv1, self.shared_trans_conv2), self.trans_dropouts):
+            x = dropout(conv(x), training=training)
+        descriptor = ops.cast(self.netvlad(x), "float32")  # float32 out under mixed precision
+        return l2_normalize(descriptor, axis=-1) if self.normalize_output else descriptor
+
+    def encode_ground(self, images, training=False):
+        """[B, Hg, Wg, 3] ground images -> [B, output_dim] descriptors."""
+        return self._encode(images, self.ground_tower, self.ground_trans_conv, training)
+
+    def encode_aerial(self, images, training=False):
+        """[B, Ha, Wa, 3] aerial images -> [B, output_dim] descriptors."""
+        return self._encode(images, self.aerial_tower, self.aerial_trans_conv, training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(normalize_output=self.normalize_output)
+        return config
+
+
+@register("cvm_net_i")
+def cvm_net_i(keep_prob=0.8, weights=None, clusters=64, output_dim=4096, backbone_width=1.0, freeze_blocks=3):
+    """CVM-Net-I (see `CVMNetI`)."""
+    return CVMNetI(
+        keep_prob=keep_prob,
+        weights=weights,
+        clusters=clusters,
+        output_dim=output_dim,
+        backbone_width=backbone_width,
+        freeze_blocks=freeze_blocks,
+    )
+
+
+@register("cvm_net_ii")
+def cvm_net_ii(
+    keep_prob=0.8,
+    weights=None,
+    clusters=64,
+    output_dim=4096,
+    backbone_width=1.0,
+    freeze_blocks=3,
+    normalize_output=True,
+):
+    """CVM-Net-II (see `CVMNetII`)."""
+    return CVMNetII(
+        keep_prob=keep_prob,
+        weights=weights,
+        clusters=clusters,
+        output_dim=output_dim,
+        backbone_width=backbone_width,
+        freeze_blocks=freeze_blocks,
+        normalize_output=normalize_output,
+    )

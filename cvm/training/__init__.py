@@ -1,0 +1,1 @@
+"""Training loops: the two-tower retrieval trainer, checkpoints and resumption, distribution."""

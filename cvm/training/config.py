@@ -1,0 +1,137 @@
+"""TrainConfig: every setting of a retrieval run, saved beside the checkpoints (config.json).
+
+The defaults are the quickstart: a small CVM-Net-I on the synthetic world that learns in about
+ten minutes on two CPU cores. Paper experiments override them with a flagfile (experiments/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from cvm.data import augment as augment_lib
+from cvm.data import images
+from cvm.errors import CvmError
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # Model (cvm.models.build_model options).
+    method: str = "cvm_net_i"
+    keep_prob: float = 0.8
+    weights: Optional[str] = None
+    output_dim: int = 256
+    clusters: int = 16
+    backbone_width: float = 0.125
+    freeze_blocks: int = 0
+    normalize_output: bool = True
+    # Data.
+    dataset: str = "synthetic"
+    root: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    holdout_fraction: float = 0.0
+    preset: Optional[str] = None
+    ground_size: Optional[tuple] = (64, 256)
+    aerial_size: Optional[tuple] = (128, 128)
+    aerial_polar: bool = False
+    augment: str = "none"
+    double_zero: bool = True
+    rotation_impl: str = "warp_affine"
+    fov_deg: float = 360.0
+    azimuth_shift: bool = False
+    synthetic_pairs: int = 1000
+    synthetic_seed: int = 0
+    cache: bool = True
+    # Loss.
+    alpha: float = 10.0
+    include_diagonal: bool = True
+    mask_radius_m: Optional[float] = None
+    mask_mode: str = "inside"
+    # Optimisation.
+    batch_size: int = 16
+    lr: float = 1e-4
+    epochs: int = 6
+    steps_per_epoch: Optional[int] = None
+    # Runtime.
+    precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "default"
+    seed: int = 0
+    model_dir: str = "runs/quickstart"
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 32
+    best_metric: str = "r@1"
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise CvmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size < 2:
+            raise CvmError(f"--batch_size must be at least 2 (the loss compares pairs within a batch), "
+                           f"got {self.batch_size}")
+        if not 0.0 < self.keep_prob <= 1.0:
+            raise CvmError(f"--keep_prob must be in (0, 1], got {self.keep_prob}")
+        if self.epochs < 1:
+            raise CvmError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise CvmError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise CvmError(f"--holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.augment not in ("none", "cvm_net", "joint"):
+            raise CvmError(f"--augment must be none, cvm_net or joint, got {self.augment!r}")
+        if self.mask_mode not in ("inside", "outside"):
+            raise CvmError(f"--mask_mode must be inside or outside, got {self.mask_mode!r}")
+        self.image_spec()
+        self.augment_spec()
+
+    def image_spec(self) -> images.ImageSpec:
+        """The preset's sizes, overridden by explicit --ground_size / --aerial_size / --aerial_polar."""
+        base = images.preset(self.preset) if self.preset else images.ImageSpec()
+        changes = {}
+        if self.ground_size:
+            changes["ground_size"] = tuple(int(v) for v in self.ground_size)
+        if self.aerial_size:
+            changes["aerial_size"] = tuple(int(v) for v in self.aerial_size)
+        if self.aerial_polar:
+            changes["aerial_polar"] = True
+        return dataclasses.replace(base, **changes)
+
+    def augment_spec(self) -> augment_lib.AugmentSpec:
+        recipe = {"none": {}, "cvm_net": {"zoom_crop": True, "rotation": "cvm_net"},
+                  "joint": {"rotation": "joint", "joint_flip": 0.5}}[self.augment]
+        return augment_lib.AugmentSpec(double_zero=self.double_zero, rotation_impl=self.rotation_impl,
+                                       fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift, **recipe)
+
+    def eval_augment_spec(self) -> Optional[augment_lib.AugmentSpec]:
+        """Limited-FoV / orientation-unknown test sets (fixed by the seed), else None."""
+        if self.fov_deg >= 360.0 and not self.azimuth_shift:
+            return None
+        return augment_lib.AugmentSpec(fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    def save(self, model_dir: str) -> None:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, "config.json"), "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, model_dir: str) -> "TrainConfig":
+        path = os.path.join(model_dir, "config.json")
+        if not os.path.isfile(path):
+            raise CvmError(f"{path} not found: {model_dir} is not a cvm model_dir (run `cvm train "
+                           "--model_dir ...` first)")
+        with open(path) as f:
+            values = json.load(f)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in ("ground_size", "aerial_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,268 @@
+"""The retrieval training loop: epochs of compiled steps, checkpoints, resumption, validation.
+
+model_dir layout (design.md): config.json and flags.cfg (the resolved settings), checkpoints/
+(every epoch and every --checkpoint_every_steps steps; the newest few kept), best/ (the encoder
+with the best validation recall, as a .keras file, and its metrics), tensorboard/, results/,
+faults.txt (samples skipped because their images could not be read).
+
+Resumption is exact: a checkpoint stores every model variable (dropout seed states included), the
+optimizer state and the position (epoch, step in epoch); the data order and augmentation of an
+epoch are pure functions of (seed, epoch), so the resumed run skips the batches already seen and
+continues with the same batches, the same dropout masks and the same updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from cvm.data import holdout, load_split
+from cvm.data.pipeline import Pipeline
+from cvm.errors import CvmError
+from cvm.training.checkpoints import CheckpointManager
+from cvm.training.config import TrainConfig
+from cvm.training.distribute import is_chief, make_strategy
+from cvm.training.retrieval import RetrievalTrainer
+
+
+def build_encoder(config: TrainConfig):
+    """The retrieval model of `config` (weights random or as --weights says)."""
+    from cvm.models import build_model, builder_options
+
+    options = dict(keep_prob=config.keep_prob, weights=config.weights, output_dim=config.output_dim,
+                   clusters=config.clusters, backbone_width=config.backbone_width,
+                   freeze_blocks=config.freeze_blocks, normalize_output=config.normalize_output)
+    # Flags are shared by all methods; each builder takes the options it knows.
+    accepted = builder_options(config.method)
+    return build_model(config.method, **{k: v for k, v in options.items() if k in accepted})
+
+
+def build_loss(config: TrainConfig):
+    from cvm.losses import WeightedSoftMarginTripletLoss
+
+    return WeightedSoftMarginTripletLoss(alpha=config.alpha, include_diagonal=config.include_diagonal,
+                                         mask_radius_m=config.mask_radius_m, mask_mode=config.mask_mode)
+
+
+def load_splits(config: TrainConfig):
+    """(train split, validation split or None) as the config says."""
+    spec = config.image_spec()
+    common = dict(image_spec=spec, synthetic_pairs=config.synthetic_pairs, synthetic_seed=config.synthetic_seed)
+    train = load_split(config.dataset, config.train_split, config.root, **common)
+    if config.holdout_fraction > 0:
+        return holdout(train, config.holdout_fraction, config.seed)
+    if not config.val_split:
+        return train, None
+    return train, load_split(config.dataset, config.val_split, config.root, **common)
+
+
+def set_precision(policy: str) -> None:
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def dummy_inputs(config: TrainConfig, batch: int = 2) -> dict:
+    spec = config.image_spec()
+    ground_w = spec.ground_size[1]
+    if config.fov_deg < 360.0:
+        ground_w = max(1, int(round(ground_w * config.fov_deg / 360.0)))
+    return {"ground": np.zeros((batch, spec.ground_size[0], ground_w, 3), np.float32),
+            "aerial": np.zeros((batch, *spec.aerial_size, 3), np.float32)}
+
+
+class Run:
+    """One training run in a model_dir; `Run(config).train()` trains or resumes it."""
+
+    def __init__(self, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
+                 progress: bool = True):
+        config.validate()
+        self.config = config
+        self.strategy = strategy or make_strategy(config.strategy)
+        self.chief = is_chief(self.strategy)
+        self.progress = progress and self.chief
+        self.model_dir = config.model_dir
+        os.makedirs(self.model_dir, exist_ok=True)
+        self._check_previous_config()
+        config.save(self.model_dir)
+
+        set_precision(config.precision)
+        keras.utils.set_random_seed(config.seed)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
+        with self.strategy.scope():
+            self.encoder = build_encoder(config)
+            self.encoder(dummy_inputs(config), training=False)
+            self.trainer = RetrievalTrainer(self.encoder, build_loss(config))
+            self.trainer.compile(optimizer=keras.optimizers.Adam(config.lr), jit_compile=False)
+            self.optimizer = self.trainer.optimizer
+            self.optimizer.build(self.encoder.trainable_variables)
+        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
+
+        self.train_split, self.val_split = load_splits(config)
+        faults = os.path.join(self.model_dir, "faults.txt")
+        self.pipeline = Pipeline(self.train_split, config.image_spec(), config.augment_spec(), config.seed,
+                                 faults_path=faults, cache=config.cache)
+        self.val_pipeline = None
+        if self.val_split is not None:
+            self.val_pipeline = Pipeline(self.val_split, config.image_spec(), config.eval_augment_spec(),
+                                         seed=2019 + config.seed, faults=self.pipeline.faults, cache=config.cache)
+        self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
+        if config.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))
+        self._step_fn = self._make_step_fn()
+        self._writers = {}
+
+    # --- set-up helpers -------------------------------------------------------------------------
+    def _check_previous_config(self) -> None:
+        path = os.path.join(self.model_dir, "config.json")
+        if not os.path.isfile(path):
+            return
+        previous = TrainConfig.load(self.model_dir)
+        ignore = {"epochs", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs", "eval_batch_size",
+                  "strategy", "jit_compile", "cache", "root", "model_dir"}
+        changed = [f"{k}: {getattr(previous, k)!r} -> {getattr(self.config, k)!r}"
+                   for k in vars(self.config) if k not in ignore and getattr(previous, k) != getattr(self.config, k)]
+        if changed and CheckpointManager(os.path.join(self.model_dir, "checkpoints")).latest():
+            raise CvmError(f"{self.model_dir} holds a run with other settings ({'; '.join(changed)}); "
+                           "use a new --model_dir, or the same flags to resume it (its flags.cfg)")
+
+    def _make_step_fn(self):
+        trainer, strategy = self.trainer, self.strategy
+        step = trainer.train_step
+        if self.config.jit_compile:
+            step = tf.function(step, jit_compile=True, reduce_retracing=True)
+
+        @tf.function(reduce_retracing=True)
+        def distributed_step(batch):
+            out = strategy.run(step, args=(batch,))
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, out["loss"], axis=None)
+
+        return distributed_step
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard", name))
+        return self._writers[name]
+
+    # --- state ----------------------------------------------------------------------------------
+    def restore_latest(self) -> dict:
+        state = {"epoch": 0, "step": 0, "global_step": 0, "best": None, "history": []}
+        latest = self.checkpoints.latest()
+        if latest:
+            state.update(CheckpointManager.restore(latest, self.encoder, self.optimizer))
+            logging.info("resumed from %s (epoch %d, step %d)", latest, state["epoch"], state["step"])
+            if self.progress:
+                print(f"resuming {self.model_dir} at epoch {state['epoch'] + 1}, step {state['step']} "
+                      f"({os.path.basename(latest)})")
+        return state
+
+    def save(self, state: dict) -> None:
+        if self.chief:
+            self.checkpoints.save(state, self.encoder, self.optimizer)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def train(self) -> dict:
+        config = self.config
+        state = self.restore_latest()
+        if state["epoch"] >= config.epochs:
+            if self.progress:
+                print(f"{self.model_dir} has finished its {config.epochs} epochs; nothing to do")
+            return state
+        for epoch in range(state["epoch"], config.epochs):
+            skip = state["step"] if epoch == state["epoch"] else 0
+            self._train_epoch(epoch, skip, state)
+            state.update(epoch=epoch + 1, step=0)
+            if self.val_pipeline is not None and ((epoch + 1) % config.eval_every_epochs == 0
+                                                  or epoch + 1 == config.epochs):
+                metrics = self.validate(epoch + 1)
+                state["history"].append({"epoch": epoch + 1, **metrics})
+                score = metrics.get(config.best_metric)
+                if score is not None and (state["best"] is None or score > state["best"]["score"]):
+                    state["best"] = {"epoch": epoch + 1, "metric": config.best_metric, "score": score}
+                    self.save_best(metrics, epoch + 1)
+            self.save(state)
+        if self.progress:
+            print(f"done: {config.epochs} epochs in {self.model_dir}")
+        return state
+
+    def _train_epoch(self, epoch: int, skip: int, state: dict) -> None:
+        config = self.config
+        remaining = self.steps_per_epoch - skip
+        if remaining <= 0:
+            return
+        ds = self.pipeline.train(config.batch_size, start_epoch=epoch, epochs=epoch + 1, skip_batches=skip)
+        ds = self.strategy.experimental_distribute_dataset(ds.take(remaining))
+        bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "lr"]) if self.progress else None
+        if bar is not None:
+            print(f"epoch {epoch + 1}/{config.epochs}")
+            if skip:
+                bar.update(skip)
+        start, done = time.perf_counter(), 0
+        lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        for batch in ds:
+            loss = float(self._step_fn(batch))
+            if not np.isfinite(loss):
+                raise CvmError(f"the loss became {loss} at epoch {epoch + 1}, step {state['step'] + 1}: lower --lr, "
+                               "or use --precision float32; the last checkpoint is in "
+                               f"{self.checkpoints.directory}")
+            state["step"] += 1
+            state["global_step"] += 1
+            done += 1
+            if self.chief:
+                with self._writer("train").as_default(step=state["global_step"]):
+                    tf.summary.scalar("loss", loss)
+                    tf.summary.scalar("learning_rate", lr)
+            if bar is not None:
+                bar.update(state["step"], [("loss", loss), ("lr", lr)])
+            if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0:
+                self.save(state)
+        if self.chief and done:
+            with self._writer("train").as_default(step=state["global_step"]):
+                tf.summary.scalar("pairs_per_second", done * config.batch_size / (time.perf_counter() - start))
+
+    # --- validation -----------------------------------------------------------------------------
+    def validate(self, epoch: int) -> dict:
+        from cvm.evaluation.run import evaluate_encoder
+
+        results = evaluate_encoder(self.encoder, self.val_pipeline, self.config.eval_batch_size,
+                                   method=self.config.method, checkpoint=f"epoch {epoch}",
+                                   out_dir=os.path.join(self.model_dir, "results", "validation")
+                                   if self.chief else None,
+                                   name=f"epoch{epoch:03d}", progress=False)
+        metrics = dict(results["metrics"]["ground_to_aerial"])
+        flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.chief:
+            with self._writer("val").as_default(step=epoch):
+                for key, value in flat.items():
+                    tf.summary.scalar(key, value)
+                grid = results.get("grid_png")
+                if grid and os.path.isfile(grid):
+                    image = tf.io.decode_png(tf.io.read_file(grid), channels=3)
+                    tf.summary.image("retrieval_grid", image[None], step=epoch)
+            if self.progress:
+                shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in flat.items() if k.startswith("r@"))
+                print(f"validation after epoch {epoch}: {shown} (N = {results['n_queries']})")
+        return flat
+
+    def save_best(self, metrics: dict, epoch: int) -> None:
+        if not self.chief:
+            return
+        best_dir = os.path.join(self.model_dir, "best")
+        os.makedirs(best_dir, exist_ok=True)
+        tmp = os.path.join(best_dir, "model.tmp.keras")
+        self.encoder.save(tmp)
+        os.replace(tmp, os.path.join(best_dir, "model.keras"))
+        with open(os.path.join(best_dir, "metrics.json"), "w") as f:
+            json.dump({"epoch": epoch, **metrics}, f, indent=1)
+
+
+def train(config: TrainConfig, strategy=None, progress: bool = True) -> dict:
+    """Train (or resume) the run described by `config`; returns the final loop state."""
+    return Run(config, strategy=strategy, progress=progress).train()
