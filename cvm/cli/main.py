@@ -9,6 +9,9 @@ import sys
 VERBS = {
     "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder)"),
     "train": ("cvm.cli.train", "train or resume a retrieval model (no flags: the synthetic-world quickstart)"),
+    "eval": ("cvm.cli.eval", "evaluate a trained model: recall@K / top-1% JSON, recall curve, retrieval grid"),
+    "export": ("cvm.cli.export", "export a trained model as a SavedModel (ground/aerial endpoints, uint8 in)"),
+    "convert": ("cvm.cli.convert", "convert the authors' TF1 checkpoints (CVM-Net-I/II) into .keras files"),
 }
 
 USAGE = """usage: cvm VERB [--flagfile FILE] [--flags ...]

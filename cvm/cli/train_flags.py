@@ -23,6 +23,8 @@ FIELDS = {
     "freeze_blocks": ("int", "Number of leading VGG blocks kept frozen (3 in CVM-Net: conv1-conv3)."),
     "normalize_output": ("bool", "L2-normalise CVM-Net-II descriptors (the original did not, though its loss "
                                  "assumes unit norm; --nonormalize_output keeps the original)."),
+    "init": (("enum", ["original", "he"]), "Initialisation: original (the TF1 code's; meant for ImageNet-initialised "
+                                           "towers) or he (He-normal convs, zero biases: learns from scratch)."),
     "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop"]), "Dataset (synthetic = the embedded world)."),
     "root": ("str", "Dataset root folder (not used by the synthetic world)."),
     "train_split": ("str", "Training split name."),
@@ -69,6 +71,8 @@ FIELDS = {
     "eval_batch_size": ("int", "Batch size of validation and evaluation."),
     "best_metric": ("str", "Validation metric that selects the best model (r@1, r@5, r@10, r@1%_floor, "
                            "r@1%_floor_plus_1)."),
+    "deterministic": ("bool", "tf.config.experimental.enable_op_determinism(): bit-identical reruns (slower)."),
+    "kill_after_steps": ("int", "Testing aid: SIGKILL this process right after global step N (to test resumption)."),
 }
 
 assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field needs a flag"

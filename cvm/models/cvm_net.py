@@ -8,7 +8,7 @@ from keras import ops
 from cvm.errors import CvmError
 from cvm.models.netvlad import NetVLAD, l2_normalize
 from cvm.models.registry import register
-from cvm.models.vgg import VGG16Tower, load_vgg16_weights
+from cvm.models.vgg import VGG16Tower, conv_initializers, load_vgg16_weights
 
 
 class _CVMNet(keras.Model):
@@ -22,6 +22,7 @@ class _CVMNet(keras.Model):
         output_dim=4096,
         backbone_width=1.0,
         freeze_blocks=3,
+        init="original",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -38,9 +39,11 @@ class _CVMNet(keras.Model):
         self.output_dim = int(output_dim)
         self.backbone_width = float(backbone_width)
         self.freeze_blocks = int(freeze_blocks)
+        self.init = init
+        conv_initializers(init)  # validates
         self.descriptor_dim = self.output_dim
         tower_options = dict(
-            width=self.backbone_width, freeze_blocks=self.freeze_blocks, dropout_rate=self.dropout_rate
+            width=self.backbone_width, freeze_blocks=self.freeze_blocks, dropout_rate=self.dropout_rate, init=init
         )
         # Scope names of the original graph, so the TF1 converter and readers can match them.
         self.ground_tower = VGG16Tower(name="VGG_grd", **tower_options)
@@ -69,6 +72,7 @@ class _CVMNet(keras.Model):
             output_dim=self.output_dim,
             backbone_width=self.backbone_width,
             freeze_blocks=self.freeze_blocks,
+            init=self.init,
         )
         return config
 
@@ -101,6 +105,9 @@ class CVMNetI(_CVMNet):
         backbone_width: channel multiplier of the VGG towers (1.0 is VGG16; needs weights=None
             otherwise).
         freeze_blocks: leading VGG blocks kept frozen (3 as the paper; 0 trains everything).
+        init: "original" (the TF1 initialisers) or "he" (He-normal convs with zero biases and a
+            Glorot FC with zero bias: from-scratch training without ImageNet weights; with the
+            original's 0.1 FC bias and random towers every descriptor starts almost identical).
 
     Example:
     ```python
@@ -117,12 +124,12 @@ class CVMNetI(_CVMNet):
         super().__init__(**kwargs)
         self.ground_netvlad = NetVLAD(self.clusters, name="netvlad_grd")
         self.aerial_netvlad = NetVLAD(self.clusters, name="netvlad_sat")
-        self.dim_reduction = keras.layers.Dense(
-            self.output_dim,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.005),
-            bias_initializer=keras.initializers.Constant(0.1),
-            name="dim_reduction",
-        )
+        if self.init == "original":
+            fc_init = dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.005),
+                           bias_initializer=keras.initializers.Constant(0.1))
+        else:
+            fc_init = dict(kernel_initializer="glorot_uniform", bias_initializer="zeros")
+        self.dim_reduction = keras.layers.Dense(self.output_dim, name="dim_reduction", **fc_init)
         self.build()
         self._load_pretrained_backbones()
 
@@ -194,9 +201,8 @@ class CVMNetII(_CVMNet):
                 kernel_size,
                 padding="same",
                 activation="relu",
-                kernel_initializer="glorot_uniform",
-                bias_initializer="glorot_uniform",
                 name=name,
+                **conv_initializers(self.init),
             )
 
         self.ground_trans_conv = trans_conv(1, "grd_trans_conv1")
@@ -238,9 +244,11 @@ class CVMNetII(_CVMNet):
 
 
 @register("cvm_net_i")
-def cvm_net_i(keep_prob=0.8, weights=None, clusters=64, output_dim=4096, backbone_width=1.0, freeze_blocks=3):
+def cvm_net_i(keep_prob=0.8, weights=None, clusters=64, output_dim=4096, backbone_width=1.0, freeze_blocks=3,
+              init="original"):
     """CVM-Net-I (see `CVMNetI`)."""
     return CVMNetI(
+        init=init,
         keep_prob=keep_prob,
         weights=weights,
         clusters=clusters,
@@ -259,9 +267,11 @@ def cvm_net_ii(
     backbone_width=1.0,
     freeze_blocks=3,
     normalize_output=True,
+    init="original",
 ):
     """CVM-Net-II (see `CVMNetII`)."""
     return CVMNetII(
+        init=init,
         keep_prob=keep_prob,
         weights=weights,
         clusters=clusters,

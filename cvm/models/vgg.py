@@ -8,6 +8,20 @@ import keras
 
 from cvm.errors import CvmError
 
+# Initialisations: "original" as the TF1 code (Xavier kernels *and* biases); "he" (He-normal kernels,
+# zero biases) keeps the signal alive through a randomly initialised tower, so that a from-scratch
+# run (no ImageNet weights, e.g. the quickstart) gives input-dependent descriptors from step one.
+INITS = ("original", "he")
+
+
+def conv_initializers(init: str) -> dict:
+    if init not in INITS:
+        raise CvmError(f"init must be one of {INITS}, got {init!r}")
+    if init == "he":
+        return {"kernel_initializer": "he_normal", "bias_initializer": "zeros"}
+    return {"kernel_initializer": "glorot_uniform", "bias_initializer": "glorot_uniform"}
+
+
 # (block, number of convs, channels at width 1): VGG16 configuration "D".
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 
@@ -32,6 +46,7 @@ class VGG16Tower(keras.layers.Layer):
         freeze_blocks: number of leading blocks (0..5) whose convs are frozen.
         dropout_rate: dropout rate after each conv4_x and conv5_x (1 - keep_prob of the original).
         input_channels: channels of the input image.
+        init: "original" (Glorot kernels and biases, as the TF1 code) or "he" (He-normal, zero bias).
 
     Example:
     ```python
@@ -40,7 +55,7 @@ class VGG16Tower(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, width=1.0, freeze_blocks=3, dropout_rate=0.2, input_channels=3, **kwargs):
+    def __init__(self, width=1.0, freeze_blocks=3, dropout_rate=0.2, input_channels=3, init="original", **kwargs):
         super().__init__(**kwargs)
         if not 0 <= int(freeze_blocks) <= len(VGG16_BLOCKS):
             raise CvmError(f"freeze_blocks must be between 0 and 5, got {freeze_blocks}")
@@ -50,6 +65,8 @@ class VGG16Tower(keras.layers.Layer):
         self.freeze_blocks = int(freeze_blocks)
         self.dropout_rate = float(dropout_rate)
         self.input_channels = int(input_channels)
+        self.init = init
+        initializers = conv_initializers(init)
         self.convs = []
         self._stages = []  # (conv, dropout or None, pool or None) in call order
         for block, count, channels in VGG16_BLOCKS:
@@ -59,9 +76,8 @@ class VGG16Tower(keras.layers.Layer):
                     3,
                     padding="same",
                     activation="relu",
-                    kernel_initializer="glorot_uniform",
-                    bias_initializer="glorot_uniform",
                     trainable=block > self.freeze_blocks,
+                    **initializers,
                     name=f"conv{block}_{index}",
                 )
                 dropout = (
@@ -112,6 +128,7 @@ class VGG16Tower(keras.layers.Layer):
             freeze_blocks=self.freeze_blocks,
             dropout_rate=self.dropout_rate,
             input_channels=self.input_channels,
+            init=self.init,
         )
         return config
 

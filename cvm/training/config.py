@@ -29,6 +29,7 @@ class TrainConfig:
     backbone_width: float = 0.125
     freeze_blocks: int = 0
     normalize_output: bool = True
+    init: str = "he"
     # Data.
     dataset: str = "synthetic"
     root: Optional[str] = None
@@ -68,6 +69,8 @@ class TrainConfig:
     eval_every_epochs: int = 1
     eval_batch_size: int = 32
     best_metric: str = "r@1"
+    deterministic: bool = False
+    kill_after_steps: Optional[int] = None
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:

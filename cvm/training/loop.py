@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import Optional
 
@@ -38,7 +39,8 @@ def build_encoder(config: TrainConfig):
 
     options = dict(keep_prob=config.keep_prob, weights=config.weights, output_dim=config.output_dim,
                    clusters=config.clusters, backbone_width=config.backbone_width,
-                   freeze_blocks=config.freeze_blocks, normalize_output=config.normalize_output)
+                   freeze_blocks=config.freeze_blocks, normalize_output=config.normalize_output,
+                   init=config.init)
     # Flags are shared by all methods; each builder takes the options it knows.
     accepted = builder_options(config.method)
     return build_model(config.method, **{k: v for k, v in options.items() if k in accepted})
@@ -93,6 +95,8 @@ class Run:
 
         set_precision(config.precision)
         keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
@@ -126,7 +130,7 @@ class Run:
             return
         previous = TrainConfig.load(self.model_dir)
         ignore = {"epochs", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs", "eval_batch_size",
-                  "strategy", "jit_compile", "cache", "root", "model_dir"}
+                  "strategy", "jit_compile", "cache", "root", "model_dir", "kill_after_steps", "deterministic"}
         changed = [f"{k}: {getattr(previous, k)!r} -> {getattr(self.config, k)!r}"
                    for k in vars(self.config) if k not in ignore and getattr(previous, k) != getattr(self.config, k)]
         if changed and CheckpointManager(os.path.join(self.model_dir, "checkpoints")).latest():
@@ -223,6 +227,8 @@ class Run:
                 bar.update(state["step"], [("loss", loss), ("lr", lr)])
             if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0:
                 self.save(state)
+            if config.kill_after_steps and state["global_step"] >= config.kill_after_steps:
+                os.kill(os.getpid(), signal.SIGKILL)  # simulate `kill -9` (tests of resumption)
         if self.chief and done:
             with self._writer("train").as_default(step=state["global_step"]):
                 tf.summary.scalar("pairs_per_second", done * config.batch_size / (time.perf_counter() - start))

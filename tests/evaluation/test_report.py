@@ -60,6 +60,20 @@ def test_results_from_single_recall(evaluated):
     json.dumps(results)  # plain JSON types only
 
 
+def test_results_from_radius_recall():
+    from cvm.evaluation import recall_within_radius
+
+    locations = np.array([[0.0, 0.0], [3.0, 0.0], [100.0, 0.0]])
+    ground = np.eye(3, dtype=np.float32)
+    aerial = np.array([[1, 0, 0], [2, 1, 0], [0, 0, 1]], dtype=np.float32)  # query 0's top-1 is 3 m away
+    single = recall_within_radius(ground, aerial, locations, locations, 5, ks=(1,))
+    results = results_dict(single, method="safa", dataset="cvact", split="test", n_queries=3, n_references=3,
+                           checkpoint=None)
+    assert results["metrics"]["ground_to_aerial"] == {}
+    assert results["within_radius"]["ground_to_aerial"]["5"]["r@1"] == 1.0
+    assert "radius_protocol" in results
+
+
 def test_recall_curve_png(evaluated, tmp_path):
     result, _, _ = evaluated
     ranks = {name: d["ranks"] for name, d in result["directions"].items()}

@@ -82,6 +82,12 @@ def test_dynamic_batch_size_in_a_traced_function(pairs):
     )
     for b in (6, 4):
         assert float(fn(ground[:b], aerial[:b])) == pytest.approx(reference_loss(ground[:b], aerial[:b]), rel=1e-5)
+    no_diagonal = tf.function(
+        lambda g, a: weighted_soft_margin_triplet(g, a, include_diagonal=False),
+        input_signature=[tf.TensorSpec([None, 16], tf.float32), tf.TensorSpec([None, 16], tf.float32)],
+    )
+    expected = reference_loss(ground[:5], aerial[:5], include_diagonal=False)
+    assert float(no_diagonal(ground[:5], aerial[:5])) == pytest.approx(expected, rel=1e-5)
 
 
 def locations_with_near_pairs():
@@ -100,6 +106,13 @@ def test_utm_mask():
     assert mask[0, 1] == 0 and mask[1, 0] == 0
     assert mask[2, 3] == 1  # exactly 25 m: kept, as the original's >= 625
     assert mask.sum() == 36 - 6 - 2
+
+
+def test_utm_mask_keeps_float64_differences():
+    # 24.9 m apart at a UTM northing: float32 would round the second point to 25 m (spacing 0.5 m).
+    locations = np.array([[500000.0, 6100000.0], [500000.0, 6100024.9]], dtype=np.float64)
+    assert np.float32(6100024.9) - np.float32(6100000.0) == 25.0
+    np.testing.assert_array_equal(np.asarray(utm_mask(locations, 25.0)), np.zeros((2, 2)))
 
 
 @pytest.mark.parametrize("mode", ["inside", "outside"])

@@ -1,0 +1,40 @@
+"""cvm convert: load the authors' released TF1 checkpoints into cvm models (.keras files).
+
+  cvm convert --tf1_checkpoint Model/CVM-Net-I/10/model.ckpt --method cvm_net_i --out cvm_net_i.keras
+
+Variables are matched by their original names (VGG_grd/conv1_1/weights, netvlad_grd/cluster_weights,
+dim_reduction/..., ...); optimizer slots are ignored; any other missing or unexpected variable is an
+error that lists them. The .keras file reloads with keras.models.load_model after `import cvm`.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from cvm.cli import common
+
+flags.DEFINE_string("tf1_checkpoint", None, "TF1 checkpoint prefix (.../model.ckpt) or its folder.")
+flags.DEFINE_string("method", None, "cvm_net_i or cvm_net_ii.")
+flags.DEFINE_string("out", None, "Output .keras file.")
+flags.DEFINE_float("keep_prob", 0.8, "Dropout keep probability stored in the model (training only).")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+    from cvm.errors import CvmError
+
+    if len(argv) > 1:
+        raise CvmError(f"unexpected arguments {argv[1:]}")
+    for name in ("tf1_checkpoint", "method", "out"):
+        if not getattr(FLAGS, name):
+            raise CvmError(f"--{name} is required")
+    from cvm.export.tf1 import convert_tf1_checkpoint
+
+    model = convert_tf1_checkpoint(FLAGS.tf1_checkpoint, FLAGS.method, FLAGS.out, keep_prob=FLAGS.keep_prob)
+    print(f"converted {FLAGS.tf1_checkpoint} ({FLAGS.method}, {model.descriptor_dim}-d) to {FLAGS.out}")
+    return 0
+
+
+def run(argv) -> None:
+    common.run_app("cvm convert", argv, main, __doc__, [__name__])

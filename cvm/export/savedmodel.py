@@ -1,0 +1,89 @@
+"""SavedModel export: `ground` and `aerial` endpoints taking uint8 images, returning unit descriptors.
+
+Preprocessing happens inside the graph, so a serving client sends decoded images of any size:
+(optional central-row crop for CVACT-style full panoramas) -> resize to the model's input size ->
+channel order -> Caffe mean -> encoder -> L2 normalisation. The resize is TensorFlow's "area"
+resize, which equals OpenCV's INTER_AREA for integer down-scaling factors and differs slightly
+otherwise; an image already at the model's size goes through unchanged, so it gives exactly the
+descriptors of the Keras model on the pipeline's input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from cvm.data.images import ImageSpec
+from cvm.errors import CvmError
+
+
+def _preprocess(images, size, spec: ImageSpec, input_order: str, rows: Optional[tuple]):
+    x = tf.cast(images, tf.float32)
+    if rows is not None:
+        height = tf.cast(tf.shape(x)[1], tf.float32)
+        top = tf.cast(tf.round(rows[0] * height), tf.int32)
+        bottom = tf.cast(tf.round(rows[1] * height), tf.int32)
+        x = x[:, top:bottom]
+    if size is not None:
+        shape = tf.shape(x)
+        same = tf.logical_and(tf.equal(shape[1], size[0]), tf.equal(shape[2], size[1]))
+        x = tf.cond(same, lambda: x, lambda: tf.image.resize(x, size, method="area"))
+    if input_order != spec.channel_order:
+        x = tf.reverse(x, axis=[-1])
+    if spec.mean is not None:
+        x = x - tf.constant(spec.mean, tf.float32)
+    if spec.scale != 1.0:
+        x = x * spec.scale
+    return x
+
+
+def export_savedmodel(encoder, spec: ImageSpec, out_dir: str, input_order: str = "rgb",
+                      ground_rows: Optional[tuple] = None, ground_width: Optional[int] = None,
+                      metadata: Optional[dict] = None) -> str:
+    """Write a SavedModel with `ground(images)` and `aerial(images)` endpoints.
+
+    Args:
+      encoder: a retrieval model with encode_ground / encode_aerial.
+      spec: the ImageSpec the model was trained with (sizes, mean, channel order).
+      input_order: channel order of the uint8 images clients send: "rgb" (tf.io.decode_image,
+        PIL) or "bgr" (OpenCV).
+      ground_rows: crop these fractions of the ground image's rows first (CVACT full panoramas:
+        (0.25, 0.75)).
+      ground_width: ground input width if it differs from spec.ground_size (limited-FoV models).
+      metadata: JSON-serialisable facts stored as assets/cvm.json (method, config, checkpoint).
+    Returns the output directory. Load with `tf.saved_model.load(out_dir)`; then
+    `m.ground(uint8 [B, H, W, 3]) -> float32 [B, D]` and likewise `m.aerial`.
+    """
+    if input_order not in ("rgb", "bgr"):
+        raise CvmError(f"--input_order must be rgb or bgr, got {input_order!r}")
+    if spec.aerial_polar:
+        raise CvmError("exporting a polar-aerial model is not supported yet: the polar transform runs in "
+                       "OpenCV; export a model trained on plain aerial images")
+    ground_size = (spec.ground_size[0], ground_width or spec.ground_size[1])
+    aerial_size = tuple(spec.aerial_size)
+    image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+
+    def ground_fn(images):
+        x = _preprocess(images, ground_size, spec, input_order, ground_rows)
+        return tf.math.l2_normalize(tf.cast(encoder.encode_ground(x, training=False), tf.float32), axis=-1)
+
+    def aerial_fn(images):
+        x = _preprocess(images, aerial_size, spec, input_order, None)
+        return tf.math.l2_normalize(tf.cast(encoder.encode_aerial(x, training=False), tf.float32), axis=-1)
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint(name="ground", fn=ground_fn, input_signature=[image_spec])
+    archive.add_endpoint(name="aerial", fn=aerial_fn, input_signature=[image_spec])
+    archive.write_out(out_dir, verbose=False)
+    info = {"ground_size": list(ground_size), "aerial_size": list(aerial_size), "input_order": input_order,
+            "mean": list(spec.mean) if spec.mean is not None else None, "ground_rows": ground_rows,
+            "descriptor_dim": int(getattr(encoder, "descriptor_dim", 0)), **(metadata or {})}
+    os.makedirs(os.path.join(out_dir, "assets"), exist_ok=True)
+    with open(os.path.join(out_dir, "assets", "cvm.json"), "w") as f:
+        json.dump(info, f, indent=1, default=str)
+    return out_dir
