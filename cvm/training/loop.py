@@ -91,7 +91,8 @@ class Run:
         self.model_dir = config.model_dir
         os.makedirs(self.model_dir, exist_ok=True)
         self._check_previous_config()
-        config.save(self.model_dir)
+        if self.chief:
+            config.save(self.model_dir)
 
         set_precision(config.precision)
         keras.utils.set_random_seed(config.seed)
@@ -110,7 +111,7 @@ class Run:
         self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
 
         self.train_split, self.val_split = load_splits(config)
-        faults = os.path.join(self.model_dir, "faults.txt")
+        faults = os.path.join(self.model_dir, "faults.txt") if self.chief else None
         self.pipeline = Pipeline(self.train_split, config.image_spec(), config.augment_spec(), config.seed,
                                  faults_path=faults, cache=config.cache)
         self.val_pipeline = None
