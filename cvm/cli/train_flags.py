@@ -82,22 +82,23 @@ def _size_text(value):
     return None if value is None else ",".join(str(v) for v in value)
 
 
-def define_flags() -> None:
+def define_flags(flag_values=flags.FLAGS) -> None:
     """Define one absl flag per TrainConfig field, defaulting to the quickstart."""
     for name, (kind, help_text) in FIELDS.items():
         default = getattr(_DEFAULTS, name)
+        fv = {"flag_values": flag_values}
         if isinstance(kind, tuple):
-            flags.DEFINE_enum(name, default, kind[1], help_text)
+            flags.DEFINE_enum(name, default, kind[1], help_text, **fv)
         elif kind == "bool":
-            flags.DEFINE_boolean(name, default, help_text)
+            flags.DEFINE_boolean(name, default, help_text, **fv)
         elif kind == "int":
-            flags.DEFINE_integer(name, default, help_text)
+            flags.DEFINE_integer(name, default, help_text, **fv)
         elif kind == "float":
-            flags.DEFINE_float(name, default, help_text)
+            flags.DEFINE_float(name, default, help_text, **fv)
         elif kind == "size":
-            flags.DEFINE_list(name, _size_text(default), help_text)
+            flags.DEFINE_list(name, _size_text(default), help_text, **fv)
         else:
-            flags.DEFINE_string(name, default, help_text)
+            flags.DEFINE_string(name, default, help_text, **fv)
 
 
 def config_from_flags(flag_values) -> TrainConfig:
@@ -120,7 +121,7 @@ def flagfile_text(config: TrainConfig) -> str:
         if kind == "bool":
             lines.append(f"--{name}" if value else f"--no{name}")
         elif value is None:
-            if kind == "str":
+            if kind in ("str", "size"):
                 lines.append(f"--{name}=")
             # None ints/floats are the defaults (no cap, no mask): leaving them out keeps them.
         elif kind == "size":

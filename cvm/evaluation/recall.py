@@ -150,7 +150,16 @@ def _check_locations(locations, n: int, name: str) -> np.ndarray:
 def _make_kernel(top_k: int, radii_sq: tuple):
     """The per-chunk device computation: sims, then ranks (positional + per radius) and top-k indices."""
 
-    @tf.function(reduce_retracing=True)
+    # A fixed signature: one trace serves every chunk and gallery size (no retracing in training loops).
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.float32),  # query chunk
+            tf.TensorSpec([None, None], tf.float32),  # references
+            tf.TensorSpec([None], tf.int64),  # true reference of each query
+            tf.TensorSpec([None, 2], tf.float32),  # query locations ([0, 2] without radii)
+            tf.TensorSpec([None, 2], tf.float32),  # reference locations
+        ]
+    )
     def kernel(query, reference, positives, query_loc, reference_loc):
         sims = tf.matmul(query, reference, transpose_b=True)  # [chunk, Nr]
         # The true match's similarity is read from the same matmul so that it never outranks itself.
@@ -226,21 +235,33 @@ def stream_ranks(
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="ranking", unit="chunk")
+    def collect(outputs) -> None:
+        ranks, topk, finite = outputs
+        if not bool(finite):
+            # NaN similarities compare False and would rank every such query first.
+            raise CvmError("query descriptors contain NaN or infinite values (diverged model or bad checkpoint?)")
+        rank_chunks.append(ranks.numpy())
+        topk_chunks.append(topk.numpy())
+
     with _tf32(allow_tf32), tf.device(device):
-        reference_t = tf.cast(tf.convert_to_tensor(reference), tf.float32)  # on the device once
+        # tf.identity copies onto the device (convert_to_tensor alone leaves NumPy data in host memory,
+        # which would be re-sent to a GPU for every chunk); done once for the references.
+        reference_t = tf.identity(tf.cast(tf.convert_to_tensor(reference), tf.float32))
         if not bool(tf.reduce_all(tf.math.is_finite(reference_t))):
             raise CvmError("reference descriptors contain NaN or infinite values (diverged model or bad checkpoint?)")
-        r_loc_t = None if r_loc is None else tf.constant(r_loc)
+        no_locations = tf.zeros([0, 2], tf.float32)
+        r_loc_t = no_locations if r_loc is None else tf.identity(tf.constant(r_loc))
+        pending = None
         for start in starts:
             stop = min(start + chunk_size, n_queries)
             query_t = tf.cast(tf.convert_to_tensor(query[start:stop]), tf.float32)
-            q_loc_t = None if q_loc is None else tf.constant(q_loc[start:stop])
-            ranks, topk, finite = kernel(query_t, reference_t, tf.constant(positives[start:stop]), q_loc_t, r_loc_t)
-            if not bool(finite):
-                # NaN similarities compare False and would rank every such query first.
-                raise CvmError("query descriptors contain NaN or infinite values (diverged model or bad checkpoint?)")
-            rank_chunks.append(ranks.numpy())
-            topk_chunks.append(topk.numpy())
+            q_loc_t = no_locations if q_loc is None else tf.constant(q_loc[start:stop])
+            outputs = kernel(query_t, reference_t, tf.constant(positives[start:stop]), q_loc_t, r_loc_t)
+            # Read the previous chunk only now: a GPU computes this chunk while the host waits on that one.
+            if pending is not None:
+                collect(pending)
+            pending = outputs
+        collect(pending)
     ranks = np.concatenate(rank_chunks).astype(np.int64)
     return {
         "ranks": ranks[:, 0],
