@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) drowns the CLI's output; errors stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # verb -> (module, one-line description). Importing only the chosen verb keeps its flags alone.
 VERBS = {

@@ -1,4 +1,4 @@
-"""Weighted soft-margin triplet loss of CVM-Net (Hu et al., CVPR 2018, eq. 7), as coded in every TF repo.
+"""Weighted soft-margin triplet (ranking) loss of CVM-Net (Hu et al., CVPR 2018), as coded in every TF repo.
 
 Written in `keras.ops` so it runs on any Keras backend; the math is always float32 (descriptors may
 arrive as float16/bfloat16 under mixed precision).
@@ -64,7 +64,7 @@ def weighted_soft_margin_triplet(
     mask=None,
     mask_mode: str = "inside",
 ):
-    """Weighted soft-margin triplet loss, both directions averaged (CVM-Net, CVPR 2018, eq. 7).
+    """Weighted soft-margin ranking loss of CVM-Net (Hu et al., CVPR 2018): mean_ij softplus(alpha (d_pos - d_ij)).
 
     Args:
       ground: [B, D] L2-normalised ground descriptors (pair i = ground i with aerial i).

@@ -107,3 +107,24 @@ def test_savedmodel_round_trip(tmp_path):
     big = loaded.aerial(rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)).numpy()
     assert big.shape == (2, 64)
     np.testing.assert_allclose(np.linalg.norm(big, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_steps_keep_a_float32_loss(tmp_path, policy):
+    import keras
+
+    try:
+        run = Run(tiny_config(tmp_path / policy, epochs=1, steps_per_epoch=2, val_split=None, precision=policy),
+                  progress=False)
+        if policy == "mixed_float16":  # dynamic loss scaling guards float16 gradients
+            assert isinstance(run.optimizer, keras.optimizers.LossScaleOptimizer)
+        features, meta = next(iter(run.pipeline.train(8, epochs=1)))
+        out = run.encoder(features, training=False)
+        assert out["ground"].dtype == tf.float32  # descriptors leave the model in float32
+        before = [w.copy() for w in run.encoder.get_weights()]
+        loss = run._step_fn((features, meta))
+        assert loss.dtype == tf.float32 and np.isfinite(float(loss))
+        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(before, run.encoder.get_weights()))
+        assert moved > 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
