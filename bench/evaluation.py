@@ -6,11 +6,12 @@ evaluator's chunk size, summing to the same FLOPs). `evaluate` adds the rank red
 indices and the host transfers of ranks. The figure to read is the per-direction ratio
 (evaluate time / number of directions / bare matmul time; target <= 1.3). Contenders are interleaved
 and repeated; medians and best-of times are reported (machine noise hits both; on a shared CPU the
-best-of ratio and, on a CPU device, the ratio of process CPU times are the steadier figures). Peak memory is the resident-set
-high-water mark above the descriptors already in memory (reset between contenders via
-/proc/self/clear_refs where the kernel allows it, else the process's ru_maxrss).
+best-of ratio and, on a CPU device, the ratio of process CPU times are the steadier figures).
+Peak memory is the resident-set high-water mark above the descriptors already in memory (reset
+between contenders via /proc/self/clear_refs where the kernel allows it, else the process's
+ru_maxrss); on a GPU it is host memory only.
 
-  python bench/evaluation.py [--n 8884 30000] [--dim 4096] [--directions one|both] [--repeats 2]
+  python bench/evaluation.py [--n 8884 20000] [--dim 4096] [--directions one|both] [--repeats 2]
   python bench/evaluation.py --n 92802 --directions one      # CVACT_test size (use a GPU)
 """
 
@@ -136,14 +137,17 @@ def measure(n: int, dim: int, directions: tuple, repeats: int, budget_mb: int, b
           f"best-of {best_ratio:.2f}  (target <= 1.3)")
     if "CPU" in device.upper():
         cpu_ratio = statistics.median(eval_cpu) / len(directions) / statistics.median(bare_cpu)
+        eval_list = ", ".join(f"{t:.1f}" for t in eval_cpu)
+        bare_list = ", ".join(f"{t:.1f}" for t in bare_cpu)
         print(f"  RATIO per direction, process CPU time (robust to other load on a shared CPU): {cpu_ratio:.2f} "
-              f"[evaluate {', '.join(f'{t:.1f}' for t in eval_cpu)} s; bare {', '.join(f'{t:.1f}' for t in bare_cpu)} s]")
+              f"[evaluate {eval_list} s; bare {bare_list} s]")
     return per_direction / bare_median
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[8884, 30000], help="gallery sizes (Nq = Nr)")
+    parser.add_argument("--n", type=int, nargs="+", default=[8884, 20000],
+                        help="gallery sizes (Nq = Nr); the defaults run in ~4 minutes on 2 CPU cores")
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--directions", choices=["both", "one"], default="one",
                         help="both: ground->aerial and aerial->ground (two passes); one: ground->aerial")
@@ -157,7 +161,8 @@ def main():
     import tensorflow as tf
 
     directions = ("ground_to_aerial", "aerial_to_ground") if args.directions == "both" else ("ground_to_aerial",)
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, GPUs: {len(tf.config.list_physical_devices('GPU'))}")
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, GPUs: {gpus}")
     for n in args.n:
         measure(n, args.dim, directions, args.repeats, args.memory_budget_mb, args.bare_budget_gb, args.device)
 

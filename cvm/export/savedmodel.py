@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from cvm.data.images import ImageSpec
+from cvm.data.pipeline import normalise_batch
 from cvm.errors import CvmError
 
 
@@ -32,13 +33,9 @@ def _preprocess(images, size, spec: ImageSpec, input_order: str, rows: Optional[
         shape = tf.shape(x)
         same = tf.logical_and(tf.equal(shape[1], size[0]), tf.equal(shape[2], size[1]))
         x = tf.cond(same, lambda: x, lambda: tf.image.resize(x, size, method="area"))
-    if input_order != spec.channel_order:
-        x = tf.reverse(x, axis=[-1])
-    if spec.mean is not None:
-        x = x - tf.constant(spec.mean, tf.float32)
-    if spec.scale != 1.0:
-        x = x * spec.scale
-    return x
+    if input_order == "rgb":
+        x = tf.reverse(x, axis=[-1])  # to OpenCV's BGR, what the training pipeline decoded
+    return normalise_batch(x, spec)
 
 
 def export_savedmodel(encoder, spec: ImageSpec, out_dir: str, input_order: str = "rgb",

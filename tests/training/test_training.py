@@ -25,14 +25,15 @@ def tiny_config(model_dir, **overrides):
 
 
 def test_training_improves_recall_over_the_untrained_model(tmp_path):
-    run = Run(tiny_config(tmp_path / "run", epochs=6), progress=False)
+    run = Run(tiny_config(tmp_path / "run", epochs=6, best_metric="r@5"), progress=False)
     before = run.validate(0)
     state = run.train()
-    after = state["history"][-1]
-    assert after["r@1%_floor_plus_1"] >= before["r@1%_floor_plus_1"]
-    # Chance: R@5 = 5/24 ~ 0.21 for 24 validation pairs.
-    assert after["r@5"] > before["r@5"] + 0.15, (before, after)
-    assert after["r@5"] > 0.4, (before, after)
+    # The best epoch (the one kept in best/) against the untrained model; chance R@5 = 5/24 ~ 0.21.
+    after = max(state["history"], key=lambda h: h["r@5"])
+    assert state["best"]["epoch"] >= 1
+    assert after["r@5"] > before["r@5"] + 0.2, (before, state["history"])
+    assert after["r@5"] > 0.45, (before, state["history"])
+    assert after["r@1%_floor_plus_1"] > before["r@1%_floor_plus_1"], (before, state["history"])
     assert os.path.isfile(tmp_path / "run" / "best" / "model.keras")
     assert glob.glob(str(tmp_path / "run" / "tensorboard" / "train" / "events.*"))
     assert os.path.isfile(tmp_path / "run" / "results" / "validation" / "epoch006.json")

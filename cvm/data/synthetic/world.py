@@ -365,7 +365,10 @@ def _draw_buildings(rng: np.random.Generator, roads: np.ndarray, n: int, res: fl
                 half = np.stack([a, b, (b + c) // 2, (a + e) // 2]).astype(np.int32)
                 cv2.fillPoly(gable, [half], i + 1, cv2.LINE_8, 2)
     roof_idx = rng.integers(0, len(_ROOFS), count + 1)
-    wall_idx = rng.integers(0, len(_WALLS), count + 1)
+    # Building styles: most walls go with their roof (as real building styles loosely do), so that
+    # appearance as well as layout links the two views; the rest are free combinations.
+    styled = rng.random(count + 1) < 0.75
+    wall_idx = np.where(styled, roof_idx % len(_WALLS), rng.integers(0, len(_WALLS), count + 1))
     roof = np.asarray(_ROOFS, np.float32)[roof_idx] * rng.uniform(0.85, 1.12, (count + 1, 1)).astype(np.float32)
     wall = np.asarray(_WALLS, np.float32)[wall_idx] * rng.uniform(0.85, 1.1, (count + 1, 1)).astype(np.float32)
     b_height = np.concatenate([[0.0], np.clip(heights, 3.0, 40.0)]).astype(np.float32)
