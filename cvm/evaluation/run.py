@@ -47,7 +47,7 @@ def evaluate_encoder(encoder, pipeline, batch_size: int, *, method: str, checkpo
         results["results_json"] = write_results(os.path.join(out_dir, f"{name}.json"), results)
         curves = {d: r["ranks"] for d, r in raw["directions"].items()}
         results["curve_png"] = os.path.join(out_dir, f"{name}_recall.png")
-        recall_curve_png(curves, results["curve_png"])
+        recall_curve_png(curves, results["curve_png"], n_references=raw["n_references"])
         g2a = raw["directions"]["ground_to_aerial"]
 
         def ground(r):
