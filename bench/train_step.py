@@ -12,8 +12,10 @@ constant tensors kept on the device: the step is measured, not the input pipelin
 Protocol: every variant is built and warmed up (`--warmup` steps, which include tracing / XLA
 compilation), then `--repeats` rounds each time `--steps` steps of every variant, the variants
 interleaved (in a rotated order each round) so that machine noise hits them alike. Reported: median
-pairs/s over the rounds and the ratio to `tf1`. Target: ours >= 1.2x tf1 at batch 8, ground 64x256,
-aerial 128x128, float32 (on the project's 2-core CPU the original runs about 2.4 pairs/s).
+pairs/s over the rounds and its ratio to `tf1`, and the median process CPU seconds per step with the
+CPU-time ratio (tf1 / variant; less sensitive to other jobs on a shared machine).
+Target: ours >= 1.2x tf1 at batch 8, ground 64x256, aerial 128x128, float32 (on the project's 2-core
+CPU the original runs about 2.4 pairs/s). Both use TensorFlow's default thread pools.
 
   python bench/train_step.py [--batch 8] [--ground 64,256] [--aerial 128,128] [--steps 5] [--repeats 3]
       [--variants ours,ours_xla,tf1]  # also: tf1_const, ours_mixed_float16, ours_mixed_bfloat16
@@ -114,10 +116,11 @@ def build_variant(name, args, ground, aerial, cache):
 
 
 def timed(run, steps):
-    start = time.perf_counter()
+    """(wall seconds, process CPU seconds) of `steps` steps."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         run()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def parse_pair(text):
@@ -159,18 +162,24 @@ def main(argv=None):
               f"(loss {loss:.4f})", flush=True)
 
     rates = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}  # process CPU seconds per step: steadier on a shared machine
     for r in range(args.repeats):
         order = variants[r % len(variants):] + variants[: r % len(variants)]  # rotate the order
         for name in order:
-            rates[name].append(args.batch * args.steps / timed(steps[name], args.steps))
+            wall, cpu_s = timed(steps[name], args.steps)
+            rates[name].append(args.batch * args.steps / wall)
+            cpu[name].append(cpu_s / args.steps)
         print(f"  round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.2f}" for n in variants), flush=True)
 
     baseline = statistics.median(rates["tf1"]) if "tf1" in rates else None
-    print(f"\n{'variant':<22}{'pairs/s':>10}{'min':>8}{'max':>8}{'vs tf1':>9}")
+    cpu_base = statistics.median(cpu["tf1"]) if "tf1" in cpu else None
+    print(f"\n{'variant':<22}{'pairs/s':>10}{'min':>8}{'max':>8}{'vs tf1':>9}{'cpu s/step':>12}{'cpu vs tf1':>12}")
     for name in variants:
-        median = statistics.median(rates[name])
+        median, cpu_med = statistics.median(rates[name]), statistics.median(cpu[name])
         ratio = f"{median / baseline:.2f}x" if baseline else "-"
-        print(f"{name:<22}{median:>10.2f}{min(rates[name]):>8.2f}{max(rates[name]):>8.2f}{ratio:>9}")
+        cpu_ratio = f"{cpu_base / cpu_med:.2f}x" if cpu_base else "-"  # > 1: less CPU than the original
+        print(f"{name:<22}{median:>10.2f}{min(rates[name]):>8.2f}{max(rates[name]):>8.2f}{ratio:>9}"
+              f"{cpu_med:>12.2f}{cpu_ratio:>12}")
     if baseline and "ours" in rates:
         ratio = statistics.median(rates["ours"]) / baseline
         print(f"\nours / tf1 = {ratio:.2f} (target >= 1.2): {'met' if ratio >= 1.2 else 'NOT met'}")

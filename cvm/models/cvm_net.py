@@ -146,6 +146,17 @@ class CVMNetI(_CVMNet):
         descriptor = ops.cast(self.dim_reduction(netvlad(local)), "float32")
         return l2_normalize(descriptor, axis=-1)
 
+    def call(self, inputs, training=None):
+        # The shared FC runs once on both views stacked: the same result as two passes, but its
+        # 32768 x 4096 weight is read once and its gradient is not summed from two halves (the
+        # bench/train_step.py measurement: this is most of a training step's memory traffic).
+        ground = self.ground_netvlad(self.ground_tower(inputs["ground"], training=training))
+        aerial = self.aerial_netvlad(self.aerial_tower(inputs["aerial"], training=training))
+        batch = ops.shape(ground)[0]
+        both = ops.cast(self.dim_reduction(ops.concatenate([ground, aerial], axis=0)), "float32")
+        both = l2_normalize(both, axis=-1)
+        return {"ground": both[:batch], "aerial": both[batch:]}
+
     def encode_ground(self, images, training=False):
         """[B, Hg, Wg, 3] ground images -> [B, output_dim] unit descriptors."""
         return self._encode(images, self.ground_tower, self.ground_netvlad, training)

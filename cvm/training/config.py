@@ -22,7 +22,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 class TrainConfig:
     # Model (cvm.models.build_model options).
     method: str = "cvm_net_i"
-    keep_prob: float = 0.8
+    keep_prob: float = 1.0  # the quickstart's 1/8-width tower learns nothing through 20% dropout
     weights: Optional[str] = None
     output_dim: int = 256
     clusters: int = 16
@@ -56,7 +56,7 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = 16
     lr: float = 1e-4
-    epochs: int = 6
+    epochs: int = 12
     steps_per_epoch: Optional[int] = None
     # Runtime.
     precision: str = "float32"

@@ -30,6 +30,7 @@ from cvm.errors import CvmError
 from cvm.training.checkpoints import CheckpointManager
 from cvm.training.config import TrainConfig
 from cvm.training.distribute import is_chief, make_strategy
+from cvm.training.optimizers import FusedAdam
 from cvm.training.retrieval import RetrievalTrainer
 
 
@@ -105,7 +106,7 @@ class Run:
             self.encoder = build_encoder(config)
             self.encoder(dummy_inputs(config), training=False)
             self.trainer = RetrievalTrainer(self.encoder, build_loss(config))
-            self.trainer.compile(optimizer=keras.optimizers.Adam(config.lr), jit_compile=False)
+            self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
             self.optimizer = self.trainer.optimizer
             self.optimizer.build(self.encoder.trainable_variables)
         self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)

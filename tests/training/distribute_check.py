@@ -27,7 +27,7 @@ features = {"ground": rng.normal(0, 50, (2 * B, 32, 128, 3)).astype(np.float32),
 meta = {"location": np.stack([np.arange(2 * B) * 15.0, np.zeros(2 * B)], 1)}
 
 
-def make(strategy, weights=None):
+def make(strategy, weights=None, optimizer=None):
     with strategy.scope():
         encoder = build_model("cvm_net_i", backbone_width=0.125, clusters=4, output_dim=16, keep_prob=1.0,
                               freeze_blocks=0, init="he")
@@ -35,7 +35,7 @@ def make(strategy, weights=None):
         if weights is not None:
             encoder.set_weights(weights)
         trainer = RetrievalTrainer(encoder, WeightedSoftMarginTripletLoss(mask_radius_m=25.0))
-        trainer.compile(optimizer=keras.optimizers.SGD(1.0))
+        trainer.compile(optimizer=optimizer or keras.optimizers.SGD(1.0))
         trainer.optimizer.build(encoder.trainable_variables)
     return trainer
 
@@ -59,6 +59,25 @@ loss_mirrored = float(step(next(iter(dataset))))
 after_single, after_mirrored = single.encoder.get_weights(), mirrored.encoder.get_weights()
 weight_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(after_single, after_mirrored))
 update = max(float(np.max(np.abs(a - b))) for a, b in zip(after_single, start))
+# The fused Adam kernel updates mirrored variables too (one step, both replicas in sync).
+from cvm.training.optimizers import FusedAdam  # noqa: E402
+
+with strategy.scope():
+    adam = FusedAdam(1e-3)
+fused = make(strategy, start, optimizer=adam)
+
+
+@tf.function
+def adam_step(batch):
+    out = strategy.run(fused.train_step, args=(batch,))
+    return strategy.reduce(tf.distribute.ReduceOp.MEAN, out["loss"], axis=None)
+
+
+adam_step(next(iter(dataset)))
+replica_values = [v.value.values for v in fused.encoder.trainable_variables]
+adam_sync = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in replica_values)
+adam_update = max(float(np.max(np.abs(w - s))) for w, s in zip(fused.encoder.get_weights(), start))
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss_single": loss_single,
-                  "loss_mirrored": loss_mirrored, "weight_diff": weight_diff, "update": update}))
+                  "loss_mirrored": loss_mirrored, "weight_diff": weight_diff, "update": update,
+                  "adam_sync": adam_sync, "adam_update": adam_update}))
 sys.stdout.flush()

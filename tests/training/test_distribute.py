@@ -18,3 +18,5 @@ def test_mirrored_two_replicas_equal_one_device_on_the_global_batch():
     # One SGD step (lr 1) moved the weights by `update`; both runs moved them identically.
     assert result["update"] > 1e-4, result
     assert result["weight_diff"] < 1e-5 * max(1.0, result["update"]) + 1e-6, result
+    # FusedAdam on mirrored variables: the replicas stay identical and the weights move by ~lr.
+    assert result["adam_sync"] == 0.0 and 5e-4 < result["adam_update"] < 2e-3, result
