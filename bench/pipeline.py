@@ -34,10 +34,10 @@ def bare_loop(split, spec):
     return len(split) / (time.perf_counter() - start)
 
 
-def pipeline_rate(split, spec, augment, batch_size):
+def pipeline_rate(split, spec, augment, batch_size, normalize=False):
     from cvm.data.pipeline import Pipeline
 
-    pipe = Pipeline(split, spec, augment, seed=0)
+    pipe = Pipeline(split, spec, augment, seed=0, normalize=normalize)
     ds = pipe.train(batch_size, epochs=1) if augment is not None else pipe.eval(batch_size)
     start = time.perf_counter()
     count = 0
@@ -74,15 +74,17 @@ def main():
     # Warm the page cache and TF, then interleave the contenders so machine noise hits both.
     bare_loop(split, spec)
     pipeline_rate(split, spec, aug, args.batch_size)
-    bare, pipe = [], []
+    bare, pipe, host = [], [], []
     for _ in range(args.repeats):
         bare.append(bare_loop(split, spec))
         pipe.append(pipeline_rate(split, spec, aug, args.batch_size))
-    bare_rate, pipe_rate = statistics.median(bare), statistics.median(pipe)
+        host.append(pipeline_rate(split, spec, aug, args.batch_size, normalize=True))
+    bare_rate, pipe_rate, host_rate = statistics.median(bare), statistics.median(pipe), statistics.median(host)
     print(f"files: {root} ({len(split)} pairs), preset {args.preset} (ground {spec.ground_size}, "
           f"aerial {spec.aerial_size}), augment: {bool(aug)}, cores: {cores}")
     print(f"bare OpenCV loop, 1 core:      {bare_rate:8.1f} pairs/s")
     print(f"cvm pipeline, {cores} cores:        {pipe_rate:8.1f} pairs/s  ({pipe_rate / cores:.1f} per core)")
+    print(f"  with float normalisation on the host: {host_rate:8.1f} pairs/s  ({host_rate / cores / bare_rate:.2f}x)")
     print(f"ratio per core (pipeline / bare): {pipe_rate / cores / bare_rate:.2f}")
 
 

@@ -2,7 +2,7 @@
 
 Ours: `build_model("cvm_net_i")` at full size (VGG16 towers, conv1-3 frozen, keep_prob 0.8, NetVLAD
 K=64, shared FC 32768 -> 4096) in `RetrievalTrainer` with the weighted soft-margin triplet loss and
-Adam(1e-5); one step is `tf.function(trainer.train_step)` (`ours`), the same with jit_compile=True
+Adam(1e-5) as `cvm train` builds it (`cvm.training.optimizers.FusedAdam`); one step is `tf.function(trainer.train_step)` (`ours`), the same with jit_compile=True
 (`ours_xla`), or `ours` built under the mixed_float16 / mixed_bfloat16 policy (slow on a CPU).
 Baseline: the authors' CVM-Net-I graph (david-husx/crossview_localisation, restated in
 `bench/tf1_cvm_net.py`) run by a tf.compat.v1 Session, fed numpy arrays through feed_dict as train.py
@@ -56,7 +56,9 @@ def ours_trainer():
 
     encoder = build_model("cvm_net_i", **MODEL_OPTIONS)
     trainer = RetrievalTrainer(encoder, WeightedSoftMarginTripletLoss())
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-5))  # wraps in LossScaleOptimizer under mixed_float16
+    from cvm.training.optimizers import FusedAdam
+
+    trainer.compile(optimizer=FusedAdam(1e-5))  # wraps in LossScaleOptimizer under mixed_float16
     trainer.optimizer.build(encoder.trainable_variables)
     return trainer
 

@@ -61,7 +61,7 @@ FIELDS = {
     "steps_per_epoch": ("int", "Cap on the steps of an epoch (default: the whole training split)."),
     "precision": (("enum", ["float32", "mixed_float16", "mixed_bfloat16"]), "Keras dtype policy; the loss is "
                                                                             "always float32."),
-    "jit_compile": ("bool", "XLA-compile the training step."),
+    "jit_compile": ("bool", "XLA-compile the training step (default; --nojit_compile runs TF's kernels one by one)."),
     "strategy": (("enum", ["default", "mirrored", "multi_worker"]), "tf.distribute strategy."),
     "seed": ("int", "Seed of initialisation, data order, augmentation and dropout."),
     "model_dir": ("str", "Run folder: config, checkpoints, best model, TensorBoard logs, results."),

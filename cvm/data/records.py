@@ -112,19 +112,22 @@ class Split:
 
 
 def read_bgr(path: str) -> Optional[np.ndarray]:
-    """OpenCV BGR uint8 decode as the originals (cv2.imread); None if missing, empty or corrupt."""
+    """OpenCV BGR uint8 decode as the originals (cv2.imread); None if missing, empty, truncated or corrupt."""
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        size = os.path.getsize(path)
+        if size == 0:
             return None
-        # imdecode of the bytes instead of imread: same decoder, but a truncated JPEG is detected
-        # below instead of silently returning a half-grey image.
+        # libjpeg only warns on a premature end and fills the rest with grey: check the end marker
+        # (reading the head and tail only) before cv2.imread decodes the file outside the GIL.
         with open(path, "rb") as f:
-            data = f.read()
+            head = f.read(8)
+            f.seek(max(0, size - 64))
+            tail = f.read()
     except OSError:
         return None
-    if is_truncated(data):
+    if truncated(head, tail):
         return None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         return None
     return img
@@ -136,8 +139,13 @@ def is_truncated(data: bytes) -> bool:
     libjpeg only warns on a premature end of data and fills the rest with grey; a model would then
     train on a half-grey image, so such files are treated as unreadable.
     """
-    if data[:2] == b"\xff\xd8":
-        return b"\xff\xd9" not in data[-64:]
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in data[-32:]
+    return truncated(data[:8], data[-64:])
+
+
+def truncated(head: bytes, tail: bytes) -> bool:
+    """`is_truncated` from a file's first 8 and last 64 bytes."""
+    if head[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in tail
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail[-32:]
     return False

@@ -14,8 +14,14 @@ def embed_split(encoder, pipeline, batch_size: int, progress: bool = False) -> d
     streams them, so only the [N, D] arrays (not N x N) ever live in memory.
     """
 
+    normalize = None if getattr(pipeline, "normalize", True) else pipeline.spec
+
     @tf.function(reduce_retracing=True)
     def step(features):
+        if normalize is not None:  # uint8 batches: preprocess on the device
+            from cvm.data.pipeline import normalise_batch
+
+            features = {k: normalise_batch(v, normalize) for k, v in features.items()}
         out = encoder(features, training=False)
         return tf.cast(out["ground"], tf.float32), tf.cast(out["aerial"], tf.float32)
 

@@ -60,7 +60,7 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = None
     # Runtime.
     precision: str = "float32"
-    jit_compile: bool = False
+    jit_compile: bool = True  # XLA: 1.25x the eager-kernel step on CPU (bench/train_step.py)
     strategy: str = "default"
     seed: int = 0
     model_dir: str = "runs/quickstart"

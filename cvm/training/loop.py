@@ -105,7 +105,7 @@ class Run:
         with self.strategy.scope():
             self.encoder = build_encoder(config)
             self.encoder(dummy_inputs(config), training=False)
-            self.trainer = RetrievalTrainer(self.encoder, build_loss(config))
+            self.trainer = RetrievalTrainer(self.encoder, build_loss(config), image_spec=config.image_spec())
             self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
             self.optimizer = self.trainer.optimizer
             self.optimizer.build(self.encoder.trainable_variables)
@@ -113,12 +113,14 @@ class Run:
 
         self.train_split, self.val_split = load_splits(config)
         faults = os.path.join(self.model_dir, "faults.txt") if self.chief else None
+        # uint8 batches; the trainer normalises them on the device (see Pipeline(normalize=False)).
         self.pipeline = Pipeline(self.train_split, config.image_spec(), config.augment_spec(), config.seed,
-                                 faults_path=faults, cache=config.cache)
+                                 faults_path=faults, cache=config.cache, normalize=False)
         self.val_pipeline = None
         if self.val_split is not None:
             self.val_pipeline = Pipeline(self.val_split, config.image_spec(), config.eval_augment_spec(),
-                                         seed=2019 + config.seed, faults=self.pipeline.faults, cache=config.cache)
+                                         seed=2019 + config.seed, faults=self.pipeline.faults, cache=config.cache,
+                                         normalize=False)
         self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))

@@ -25,11 +25,14 @@ class RetrievalTrainer(keras.Model):
     Args:
       encoder: a retrieval model from `cvm.models.build_model`.
       loss: the in-batch loss, called as loss(ground, aerial, locations) on the global batch.
+      image_spec: if given, batches arrive as uint8 images and are normalised (cast, mean) inside
+        the step, on the device (`Pipeline(normalize=False)`); else they arrive preprocessed.
     """
 
-    def __init__(self, encoder: keras.Model, loss: WeightedSoftMarginTripletLoss, **kwargs):
+    def __init__(self, encoder: keras.Model, loss: WeightedSoftMarginTripletLoss, image_spec=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
+        self.image_spec = image_spec
         self.retrieval_loss = loss
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
@@ -50,8 +53,16 @@ class RetrievalTrainer(keras.Model):
             locations = _gather(ctx, tf.cast(meta["location"], tf.float64))
         return self.retrieval_loss(ground, aerial, locations)
 
+    def prepare(self, features):
+        if self.image_spec is None:
+            return features
+        from cvm.data.pipeline import normalise_batch
+
+        return {k: normalise_batch(v, self.image_spec) for k, v in features.items()}
+
     def train_step(self, data):
         features, meta = data
+        features = self.prepare(features)
         ctx = tf.distribute.get_replica_context()
         replicas = 1 if ctx is None else ctx.num_replicas_in_sync
         with tf.GradientTape() as tape:

@@ -66,7 +66,8 @@ def test_experiment_flagfiles_parse_into_valid_configs(path):
 def test_eval_and_export_a_trained_model_dir(tmp_path):
     model_dir = tmp_path / "run"
     config = TrainConfig(model_dir=str(model_dir), synthetic_pairs=40, ground_size=(32, 128), aerial_size=(64, 64),
-                         batch_size=4, output_dim=16, clusters=4, keep_prob=1.0, epochs=1, steps_per_epoch=2)
+                         batch_size=4, output_dim=16, clusters=4, keep_prob=1.0, epochs=1, steps_per_epoch=2,
+                         jit_compile=False)
     Run(config, progress=False).train()
     out = cvm("eval", f"--model_dir={model_dir}", "--radii=0,25")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -22,7 +22,7 @@ def test_two_workers_on_localhost(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     common = ["--strategy=multi_worker", "--synthetic_pairs=40", "--ground_size=32,128", "--aerial_size=64,64",
               "--batch_size=4", "--output_dim=16", "--clusters=4", "--keep_prob=1.0", "--epochs=1",
-              "--steps_per_epoch=3", "--val_split="]
+              "--steps_per_epoch=3", "--val_split=", "--nojit_compile"]
     procs = []
     for index in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",

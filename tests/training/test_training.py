@@ -17,7 +17,7 @@ from cvm.training.loop import Run
 
 # A tiny run: 120 synthetic pairs (96 train, 24 val), 32x128 panoramas, 64x64 aerials.
 TINY = dict(synthetic_pairs=120, ground_size=(32, 128), aerial_size=(64, 64), batch_size=8, output_dim=64,
-            clusters=8, keep_prob=1.0, lr=3e-4, eval_batch_size=24)
+            clusters=8, keep_prob=1.0, lr=3e-4, eval_batch_size=24, jit_compile=False)
 
 
 def tiny_config(model_dir, **overrides):
@@ -120,7 +120,7 @@ def test_mixed_precision_steps_keep_a_float32_loss(tmp_path, policy):
         if policy == "mixed_float16":  # dynamic loss scaling guards float16 gradients
             assert isinstance(run.optimizer, keras.optimizers.LossScaleOptimizer)
         features, meta = next(iter(run.pipeline.train(8, epochs=1)))
-        out = run.encoder(features, training=False)
+        out = run.encoder(run.trainer.prepare(features), training=False)
         assert out["ground"].dtype == tf.float32  # descriptors leave the model in float32
         before = [w.copy() for w in run.encoder.get_weights()]
         loss = run._step_fn((features, meta))
