@@ -66,6 +66,8 @@ FIELDS = {
     "seed": ("int", "Seed of initialisation, data order, augmentation and dropout."),
     "model_dir": ("str", "Run folder: config, checkpoints, best model, TensorBoard logs, results."),
     "checkpoint_every_steps": ("int", "Also checkpoint every N steps (0: at the end of each epoch only)."),
+    "log_every_steps": ("int", "Read the loss back from the device (progress bar, TensorBoard, NaN check) every N "
+                               "steps; the steps in between run without any host round trip."),
     "keep_checkpoints": ("int", "How many recent checkpoints to keep."),
     "eval_every_epochs": ("int", "Validate every N epochs."),
     "eval_batch_size": ("int", "Batch size of validation and evaluation."),

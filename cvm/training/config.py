@@ -56,7 +56,7 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = 16
     lr: float = 1e-4
-    epochs: int = 12
+    epochs: int = 20
     steps_per_epoch: Optional[int] = None
     # Runtime.
     precision: str = "float32"
@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     model_dir: str = "runs/quickstart"
     checkpoint_every_steps: int = 0
+    log_every_steps: int = 10
     keep_checkpoints: int = 3
     eval_every_epochs: int = 1
     eval_batch_size: int = 32

@@ -214,28 +214,34 @@ class Run:
                 bar.update(skip)
         start, done = time.perf_counter(), 0
         lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        every = max(1, int(config.log_every_steps))
         for batch in ds:
-            loss = float(self._step_fn(batch))
-            if not np.isfinite(loss):
-                raise CvmError(f"the loss became {loss} at epoch {epoch + 1}, step {state['step'] + 1}: lower --lr, "
-                               "or use --precision float32; the last checkpoint is in "
-                               f"{self.checkpoints.directory}")
+            loss = self._step_fn(batch)  # stays on the device between log points
             state["step"] += 1
             state["global_step"] += 1
             done += 1
-            if self.chief:
-                with self._writer("train").as_default(step=state["global_step"]):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("learning_rate", lr)
-            if bar is not None:
-                bar.update(state["step"], [("loss", loss), ("lr", lr)])
-            if config.checkpoint_every_steps and state["global_step"] % config.checkpoint_every_steps == 0:
+            saving = bool(config.checkpoint_every_steps) and state["global_step"] % config.checkpoint_every_steps == 0
+            if state["step"] % every == 0 or state["step"] == self.steps_per_epoch or saving:
+                self._log(float(loss), lr, epoch, state, bar)
+            if saving:
                 self.save(state)
             if config.kill_after_steps and state["global_step"] >= config.kill_after_steps:
                 os.kill(os.getpid(), signal.SIGKILL)  # simulate `kill -9` (tests of resumption)
         if self.chief and done:
             with self._writer("train").as_default(step=state["global_step"]):
                 tf.summary.scalar("pairs_per_second", done * config.batch_size / (time.perf_counter() - start))
+
+    def _log(self, loss: float, lr: float, epoch: int, state: dict, bar) -> None:
+        if not np.isfinite(loss):
+            raise CvmError(f"the loss became {loss} at epoch {epoch + 1}, step {state['step']}: lower --lr, "
+                           "or use --precision float32; the last checkpoint is in "
+                           f"{self.checkpoints.directory}")
+        if self.chief:
+            with self._writer("train").as_default(step=state["global_step"]):
+                tf.summary.scalar("loss", loss)
+                tf.summary.scalar("learning_rate", lr)
+        if bar is not None:
+            bar.update(state["step"], [("loss", loss), ("lr", lr)])
 
     # --- validation -----------------------------------------------------------------------------
     def validate(self, epoch: int) -> dict:
