@@ -20,7 +20,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def bare_loop(split, spec):

@@ -48,8 +48,6 @@ def make_inputs(batch, ground_hw, aerial_hw, seed=0):
 
 def ours_trainer():
     """A compiled RetrievalTrainer around a full-size CVM-Net-I, built under the global dtype policy."""
-    import keras
-
     from cvm.losses import WeightedSoftMarginTripletLoss
     from cvm.models import build_model
     from cvm.training.retrieval import RetrievalTrainer

@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from cvm.data import cvact, cvusa, sources, ucfop
-from cvm.data.records import Split, is_truncated, read_bgr
+from cvm.data.records import Split, read_bgr, unreadable_reason
 from cvm.errors import CvmError
 
 # An expected image size: (height, width), SQUARE (any h == w), or None (any decodable image).
@@ -341,21 +341,14 @@ def _inspect(path: str):
     return "ok", tuple(image.shape[:2])
 
 
+# The checker's wording of records.unreadable_reason.
+_UNREADABLE = {"empty": "empty file, 0 bytes", "truncated": "truncated: no end-of-image marker",
+               "corrupt": "cannot be decoded: corrupt or not an image", "missing": "missing"}
+
+
 def _why_unreadable(path: str) -> str:
-    try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file, 0 bytes"
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, size - 64))
-            tail = f.read()
-    except OSError as e:
-        return f"cannot be read: {e.strerror or e}"
-    # is_truncated looks at the signature and the last 64 bytes only.
-    if is_truncated(head + tail):
-        return "truncated: no end-of-image marker"
-    return "cannot be decoded: corrupt or not an image"
+    reason = unreadable_reason(path)
+    return _UNREADABLE.get(reason, reason)
 
 
 def _size_matches(found, expected) -> bool:

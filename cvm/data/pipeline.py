@@ -32,7 +32,7 @@ from absl import logging
 
 from cvm.data import augment as augment_lib
 from cvm.data import images
-from cvm.data.records import Split
+from cvm.data.records import Split, unreadable_reason
 from cvm.errors import CvmError
 
 
@@ -73,20 +73,17 @@ class FaultReport:
             return [(f, r) for f, (r, _) in self._faults.items()]
 
 
+# The fault report's wording of records.unreadable_reason.
+_FAULTS = {"missing": "missing", "empty": "zero-byte file", "truncated": "truncated image",
+           "corrupt": "unreadable image (not a decodable JPEG/PNG)"}
+
+
 def describe_failure(path: str) -> str:
     """Why `read_bgr` returned None for this file, in words for the report."""
     if path.startswith("synthetic://"):
         return "could not be rendered"
-    if not os.path.exists(path):
-        return "missing"
-    if os.path.getsize(path) == 0:
-        return "zero-byte file"
-    with open(path, "rb") as f:
-        from cvm.data.records import is_truncated
-
-        if is_truncated(f.read()):
-            return "truncated image"
-    return "unreadable image (not a decodable JPEG/PNG)"
+    reason = unreadable_reason(path)
+    return _FAULTS.get(reason, reason)
 
 
 class PairLoader:

@@ -133,6 +133,23 @@ def read_bgr(path: str) -> Optional[np.ndarray]:
     return img
 
 
+def unreadable_reason(path: str) -> str:
+    """Why `read_bgr(path)` gives None: "missing", "empty", "truncated", "corrupt" or the OS error."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    return "truncated" if truncated(head, tail) else "corrupt"
+
+
 def is_truncated(data: bytes) -> bool:
     """True for a JPEG without its end-of-image marker or a PNG without its IEND chunk.
 

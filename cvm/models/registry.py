@@ -46,8 +46,9 @@ def builder_options(method: str) -> dict:
 def build_model(method: str, **options):
     """Builds the retrieval model registered as `method` with the given options.
 
-    Raises CvmError for an unknown method (listing the valid ones) or an option the method
-    does not take (naming it and listing the valid options).
+    The model comes back built (its variables exist), so that trainers can create optimizer slots
+    and restore checkpoints before the first batch. Raises CvmError for an unknown method (listing
+    the valid ones) or an option the method does not take (naming it and listing the valid options).
     """
     builder = _lookup(method)
     accepted = builder_options(method)
@@ -57,7 +58,10 @@ def build_model(method: str, **options):
             f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
             f"valid options: {', '.join(sorted(accepted))}"
         )
-    return builder(**options)
+    model = builder(**options)
+    if getattr(model, "built", True) is False:
+        raise TypeError(f"the builder of {method!r} must return a built model (call self.build() in __init__)")
+    return model
 
 
 def _lookup(method: str) -> Callable:

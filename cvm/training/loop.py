@@ -70,15 +70,6 @@ def set_precision(policy: str) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
-def dummy_inputs(config: TrainConfig, batch: int = 2) -> dict:
-    spec = config.image_spec()
-    ground_w = spec.ground_size[1]
-    if config.fov_deg < 360.0:
-        ground_w = max(1, int(round(ground_w * config.fov_deg / 360.0)))
-    return {"ground": np.zeros((batch, spec.ground_size[0], ground_w, 3), np.float32),
-            "aerial": np.zeros((batch, *spec.aerial_size, 3), np.float32)}
-
-
 class Run:
     """One training run in a model_dir; `Run(config).train()` trains or resumes it."""
 
@@ -103,8 +94,7 @@ class Run:
         if config.batch_size % replicas:
             raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
         with self.strategy.scope():
-            self.encoder = build_encoder(config)
-            self.encoder(dummy_inputs(config), training=False)
+            self.encoder = build_encoder(config)  # registered models create their variables when built
             self.trainer = RetrievalTrainer(self.encoder, build_loss(config), image_spec=config.image_spec())
             self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
             self.optimizer = self.trainer.optimizer

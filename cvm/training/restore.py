@@ -17,7 +17,7 @@ def load_encoder(model_dir: str, checkpoint: str = "best"):
     """
     import keras
 
-    from cvm.training.loop import build_encoder, dummy_inputs, set_precision
+    from cvm.training.loop import build_encoder, set_precision
 
     config = TrainConfig.load(model_dir)
     best = os.path.join(model_dir, "best", "model.keras")
@@ -41,6 +41,5 @@ def load_encoder(model_dir: str, checkpoint: str = "best"):
     import dataclasses
 
     encoder = build_encoder(dataclasses.replace(config, weights=None))  # weights come from the checkpoint
-    encoder(dummy_inputs(config), training=False)
     state = CheckpointManager.restore(path, encoder)
     return encoder, config, f"{path} (epoch {state['epoch']}, step {state['step']})"
