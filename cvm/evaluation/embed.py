@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
+
+
+_STEPS = weakref.WeakKeyDictionary()  # encoder -> {spec: compiled step}: traced once, not per validation
+
+
+def _embed_step(encoder, normalize):
+    steps = _STEPS.setdefault(encoder, {})
+    if normalize not in steps:
+
+        @tf.function(reduce_retracing=True)
+        def step(features):
+            if normalize is not None:  # uint8 batches: preprocess on the device
+                from cvm.data.pipeline import normalise_batch
+
+                features = {k: normalise_batch(v, normalize) for k, v in features.items()}
+            out = encoder(features, training=False)
+            return tf.cast(out["ground"], tf.float32), tf.cast(out["aerial"], tf.float32)
+
+        steps[normalize] = step
+    return steps[normalize]
 
 
 def embed_split(encoder, pipeline, batch_size: int, progress: bool = False) -> dict:
@@ -13,18 +35,7 @@ def embed_split(encoder, pipeline, batch_size: int, progress: bool = False) -> d
     in split order). Dropout is off. Descriptors come back to the host in float32; the evaluator
     streams them, so only the [N, D] arrays (not N x N) ever live in memory.
     """
-
-    normalize = None if getattr(pipeline, "normalize", True) else pipeline.spec
-
-    @tf.function(reduce_retracing=True)
-    def step(features):
-        if normalize is not None:  # uint8 batches: preprocess on the device
-            from cvm.data.pipeline import normalise_batch
-
-            features = {k: normalise_batch(v, normalize) for k, v in features.items()}
-        out = encoder(features, training=False)
-        return tf.cast(out["ground"], tf.float32), tf.cast(out["aerial"], tf.float32)
-
+    step = _embed_step(encoder, None if getattr(pipeline, "normalize", True) else pipeline.spec)
     grounds, aerials, indices = [], [], []
     dataset = pipeline.eval(batch_size)
     bar = None
