@@ -14,7 +14,8 @@ from absl import flags
 from cvm.cli import common
 
 flags.DEFINE_string("tf1_checkpoint", None, "TF1 checkpoint prefix (.../model.ckpt) or its folder.")
-flags.DEFINE_string("method", None, "cvm_net_i or cvm_net_ii.")
+flags.DEFINE_string("method", None, "Method of the checkpoint: cvm_net_i, cvm_net_ii, cvft, cvft_vgg_conv, cvft_vgg_gp, "
+                    "safa, regmi_two_stream, regmi_joint, regmi_fusion.")
 flags.DEFINE_string("out", None, "Output .keras file.")
 flags.DEFINE_float("keep_prob", 0.8, "Dropout keep probability stored in the model (training only).")
 
@@ -29,9 +30,13 @@ def main(argv) -> int:
     for name in ("tf1_checkpoint", "method", "out"):
         if not getattr(FLAGS, name):
             raise CvmError(f"--{name} is required")
-    from cvm.export.tf1 import convert_tf1_checkpoint
+    from cvm.export.tf1 import SUPPORTED_METHODS, convert_tf1_checkpoint
+    from cvm.models import builder_options
 
-    model = convert_tf1_checkpoint(FLAGS.tf1_checkpoint, FLAGS.method, FLAGS.out, keep_prob=FLAGS.keep_prob)
+    if FLAGS.method not in SUPPORTED_METHODS:
+        raise CvmError(f"--method {FLAGS.method!r} has no TF1 mapping; supported: {', '.join(SUPPORTED_METHODS)}")
+    options = {"keep_prob": FLAGS.keep_prob} if "keep_prob" in builder_options(FLAGS.method) else {}
+    model = convert_tf1_checkpoint(FLAGS.tf1_checkpoint, FLAGS.method, FLAGS.out, **options)
     print(f"converted {FLAGS.tf1_checkpoint} ({FLAGS.method}, {model.descriptor_dim}-d) to {FLAGS.out}")
     return 0
 

@@ -12,7 +12,7 @@ _DEFAULTS = TrainConfig()
 
 # field -> (kind, help). kind: str, int, float, bool, size (H,W), or ("enum", choices).
 FIELDS = {
-    "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, ..."),
+    "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, cvft, cvft_vgg_conv, cvft_vgg_gp, safa, regmi_two_stream, ..."),
     "keep_prob": ("float", "Dropout keep probability of the VGG conv4/conv5 and TransNet layers (rate = 1 - keep_prob)."),
     "weights": ("str", "Backbone initialisation: 'imagenet' (Keras' VGG16 weights; needs internet), a local "
                        "Keras VGG16 notop .h5 file, or empty for random."),
@@ -25,6 +25,14 @@ FIELDS = {
                                  "assumes unit norm; --nonormalize_output keeps the original)."),
     "init": (("enum", ["original", "he"]), "Initialisation: original (the TF1 code's; meant for ImageNet-initialised "
                                            "towers) or he (He-normal convs, zero biases: learns from scratch)."),
+    "sinkhorn_iterations": ("int", "CVFT: Sinkhorn iterations (20 in the original)."),
+    "sinkhorn_scale": ("float", "CVFT: Sinkhorn input log_alpha = scale * cost (-100 in the original: entropic "
+                                "temperature 0.01)."),
+    "resize_mode": (("enum", ["legacy", "half_pixel"]), "CVFT: bilinear resize of the ground map to the aerial "
+                                                       "map size: legacy (TF1 resize_bilinear, as the original) "
+                                                       "or half_pixel (TF2 tf.image.resize)."),
+    "spatial_maps": ("int", "SAFA: number of spatial-aware importance maps (8 in SAFA_8)."),
+    "multiscale": ("bool", "Regmi & Shah: concatenate conv6-8 (default) or use conv8 only (--nomultiscale)."),
     "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop"]), "Dataset (synthetic = the embedded world)."),
     "root": ("str", "Dataset root folder (not used by the synthetic world)."),
     "train_split": ("str", "Training split name."),

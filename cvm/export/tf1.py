@@ -13,6 +13,7 @@ Kernels are HWIO and dense weights [in, out] in both frameworks, so values copy 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 
@@ -22,7 +23,20 @@ import tensorflow as tf
 from cvm.errors import CvmError
 from cvm.models import CVMNetI, CVMNetII, build_model
 
-SUPPORTED_METHODS = ("cvm_net_i", "cvm_net_ii")
+# method -> module defining `tf1_variable_map(model)` and `infer_model_options(method, shapes)` for
+# the original repository's variable names (one module per original repository).
+MAPPINGS = {
+    "cvm_net_i": "cvm.export.tf1",
+    "cvm_net_ii": "cvm.export.tf1",
+    "cvft": "cvm.export.tf1_cvft",
+    "cvft_vgg_conv": "cvm.export.tf1_cvft",
+    "cvft_vgg_gp": "cvm.export.tf1_cvft",
+    "safa": "cvm.export.tf1_safa",
+    "regmi_two_stream": "cvm.export.tf1_regmi",
+    "regmi_joint": "cvm.export.tf1_regmi",
+    "regmi_fusion": "cvm.export.tf1_regmi",
+}
+SUPPORTED_METHODS = tuple(MAPPINGS)
 
 # Optimizer state that the original train.py saves with the model (tf.train.Saver(tf.global_variables())).
 _OPTIMIZER_SLOT = re.compile(r"/Adam(_\d+)?$")
@@ -65,9 +79,10 @@ def convert_tf1_checkpoint(checkpoint_path, method, out_path=None, **model_optio
     dtypes = reader.get_variable_to_dtype_map()
     stored = {name for name in shapes if not is_optimizer_state(name, shapes[name], dtypes[name])}
 
-    options = {**infer_model_options(method, shapes), **model_options}
+    mapping = importlib.import_module(MAPPINGS[method])
+    options = {**mapping.infer_model_options(method, shapes), **model_options}
     model = build_model(method, **options)
-    targets = tf1_variable_map(model)
+    targets = mapping.tf1_variable_map(model)
 
     missing = sorted(set(targets) - stored)
     unexpected = sorted(stored - set(targets))

@@ -30,6 +30,12 @@ class TrainConfig:
     freeze_blocks: int = 0
     normalize_output: bool = True
     init: str = "he"
+    # Method-specific model options (a builder takes the ones it knows; see cvm.models.builder_options).
+    sinkhorn_iterations: int = 20  # CVFT
+    sinkhorn_scale: float = -100.0  # CVFT: log_alpha = scale * cost
+    resize_mode: str = "legacy"  # CVFT ground-map resize: legacy (TF1 resize_bilinear) or half_pixel
+    spatial_maps: int = 8  # SAFA importance maps
+    multiscale: bool = True  # Regmi & Shah: concat conv6-8 (False: conv8 only, the ablation)
     # Data.
     dataset: str = "synthetic"
     root: Optional[str] = None
@@ -89,6 +95,10 @@ class TrainConfig:
             raise CvmError(f"--holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.augment not in ("none", "cvm_net", "joint"):
             raise CvmError(f"--augment must be none, cvm_net or joint, got {self.augment!r}")
+        if self.resize_mode not in ("legacy", "half_pixel"):
+            raise CvmError(f"--resize_mode must be legacy or half_pixel, got {self.resize_mode!r}")
+        if self.sinkhorn_iterations < 1:
+            raise CvmError(f"--sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}")
         if self.mask_mode not in ("inside", "outside"):
             raise CvmError(f"--mask_mode must be inside or outside, got {self.mask_mode!r}")
         self.image_spec()

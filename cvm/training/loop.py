@@ -41,7 +41,9 @@ def build_encoder(config: TrainConfig):
     options = dict(keep_prob=config.keep_prob, weights=config.weights, output_dim=config.output_dim,
                    clusters=config.clusters, backbone_width=config.backbone_width,
                    freeze_blocks=config.freeze_blocks, normalize_output=config.normalize_output,
-                   init=config.init)
+                   init=config.init, sinkhorn_iterations=config.sinkhorn_iterations,
+                   sinkhorn_scale=config.sinkhorn_scale, resize_mode=config.resize_mode,
+                   spatial_maps=config.spatial_maps, multiscale=config.multiscale)
     # Flags are shared by all methods; each builder takes the options it knows.
     accepted = builder_options(config.method)
     return build_model(config.method, **{k: v for k, v in options.items() if k in accepted})

@@ -48,8 +48,13 @@ def test_experiment_flagfiles_parse_into_valid_configs(path):
     fv(["cvm train", f"--flagfile={path}"])
     config = train_flags.config_from_flags(fv)
     config.validate()
-    assert config.dataset in ("cvusa", "cvact") and config.batch_size == 12 and config.lr == 1e-5
-    assert config.image_spec().aerial_size == (512, 512)
+    from cvm.models import available_methods
+
+    assert config.method in available_methods()
+    assert os.path.basename(path).startswith(config.method.split("_")[0]), "flagfiles are <method>_<dataset>.cfg"
+    if config.method.startswith("cvm_net"):
+        assert config.dataset in ("cvusa", "cvact") and config.batch_size == 12 and config.lr == 1e-5
+        assert config.image_spec().aerial_size == (512, 512)
     # The flagfile written for a run reproduces its config.
     again = flags.FlagValues()
     train_flags.define_flags(again)

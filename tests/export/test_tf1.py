@@ -200,4 +200,4 @@ def test_unreadable_checkpoint_and_unknown_method(tmp_path):
     with pytest.raises(CvmError, match="nothing.ckpt"):
         convert_tf1_checkpoint(str(tmp_path / "nothing.ckpt"), "cvm_net_i")
     with pytest.raises(CvmError, match="no TF1 checkpoint mapping"):
-        convert_tf1_checkpoint(str(tmp_path / "nothing.ckpt"), "safa")
+        convert_tf1_checkpoint(str(tmp_path / "nothing.ckpt"), "sample4geo")
