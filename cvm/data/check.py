@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from cvm.data import cvact, cvusa, sources, ucfop
+from cvm.data import cvact, cvusa, dayton, sources, ucfop
 from cvm.data.records import Split, read_bgr, unreadable_reason
 from cvm.errors import CvmError
 
@@ -71,6 +71,14 @@ DATASETS = {
         split_names=tuple(ucfop.SPLIT_FILES),
         sizes={(None, None): (None, None)},
         official_pairs={},
+    ),
+    # One 4-panel file per pair (ground and aerial path are the same file, counted as "ground").
+    "dayton": DatasetSpec(
+        adapter=dayton.load_dayton,
+        splits=dayton.SPLITS,
+        split_names=tuple(dayton.SPLIT_FILES),
+        sizes={(None, None): (dayton.FILE_SIZE, dayton.FILE_SIZE)},
+        official_pairs=dict(dayton.OFFICIAL_PAIRS),
     ),
 }
 

@@ -84,6 +84,25 @@ SOURCES = {
         ),
         root_hint="the extracted UCF-OP folder, which holds splits/ and the images",
     ),
+    "dayton": DatasetSource(
+        title="Dayton",
+        origin=(
+            "The Dayton images are the GT-CrossView dataset of Vo & Hays (ECCV 2016, "
+            "github.com/lugiavn/gt-crossview); the segmentation maps Regmi & Borji made with a "
+            "Cityscapes RefineNet are shared through the 'Dayton SegMaps' link in the README of "
+            "github.com/kregmi/cross-view-image-synthesis, and the name lists train_split.txt "
+            "(55,000) and test_split.txt (21,048) are that repository's datasets/dayton_split folder. "
+            "Each training file is a 256x1024 concatenation A|B|As|Bs (street view, aerial, street-view "
+            "segmap, aerial segmap, 256x256 each) made as pix2pix's scripts/combine_A_and_B.py does."
+        ),
+        expected_files=(
+            ("train_split.txt", "training names, 55,000 lines (also found under dayton_split/ or splits/)"),
+            ("test_split.txt", "test names, 21,048 lines (also found under dayton_split/ or splits/)"),
+            ("train/<name>.jpg", "training files, 256x1024: street view | aerial | street segmap | aerial segmap"),
+            ("test/<name>.jpg", "test files, same layout (a folder named val/ is accepted too)"),
+        ),
+        root_hint="the folder that holds train/, test/ (or val/) and the two split files",
+    ),
 }
 
 

@@ -30,9 +30,11 @@ def test_write_cvusa(tmp_path):
             rows.append(list(csv.reader(f)))
     assert [len(r) for r in rows] == [5, 1]
     for row, i in zip(rows[0] + rows[1], ids):
-        assert row == [f"bingmap/19/{i}.jpg", f"streetview/panos/{i}.jpg", f"annotations/{i}.png"]
+        assert row == [f"bingmap/19/{i}.jpg", f"streetview/panos/{i}.jpg", f"streetview/annotations/{i}.png"]
         assert cv2.imread(str(out / row[0])).shape == (750, 750, 3)
         assert cv2.imread(str(out / row[1])).shape == (224, 1232, 3)
+        assert cv2.imread(str(out / row[2])).shape == (224, 1232, 3)  # panorama segmentation map
+        assert cv2.imread(str(out / "bingmap" / "annotations" / f"{i}.png")).shape == (750, 750, 3)
     assert sorted(os.listdir(out / "bingmap" / "19")) == [f"{i}.jpg" for i in ids]
 
 
@@ -91,3 +93,29 @@ def test_synthetic_split():
     assert sub.ids == ["0000003", "0000001"] and np.array_equal(sub.read_aerial(1), aerial)
     with pytest.raises(CvmError):
         make_synthetic_split("test", pairs=10, seed=3)
+
+
+def test_write_cvusa_segmaps_match_rendered_classes(tmp_path):
+    from cvm.data.synthetic.dataset import SEG_COLOURS_BGR
+    from cvm.data.synthetic.render import render_panorama
+    from cvm.data.synthetic.world import CLASSES
+
+    out = tmp_path / "seg"
+    write_dataset(str(out), "cvusa", 2, seed=5, progress=False, workers=1)
+    world = shared_world(5, world_size_for(2))
+    xy = world.sample_locations(2, seed=5)[1]
+    pano_seg = cv2.imread(str(out / "streetview" / "annotations" / "0000002.png"))
+    aerial_seg = cv2.imread(str(out / "bingmap" / "annotations" / "0000002.png"))
+    # Every map pixel is exactly one class colour, and the map is the class render enlarged 2x nearest.
+    _, pano_classes = render_panorama(world, xy, height_px=112, width_px=616, vfov_deg=224 / 1232 * 360.0,
+                                      with_classes=True)
+    assert np.array_equal(pano_seg, SEG_COLOURS_BGR[np.repeat(np.repeat(pano_classes, 2, 0), 2, 1)])
+    _, aerial_classes = render_aerial(world, xy, size_px=375, metres_per_pixel=172.5 / 375, with_classes=True)
+    assert np.array_equal(aerial_seg, SEG_COLOURS_BGR[np.repeat(np.repeat(aerial_classes, 2, 0), 2, 1)])
+    assert len(SEG_COLOURS_BGR) == len(CLASSES) == len({tuple(c) for c in SEG_COLOURS_BGR})
+    assert set(np.unique(pano_classes)) >= {CLASSES.index("sky"), CLASSES.index("road")}
+    # The CVACT layout has no maps; --nosegmaps leaves the CVUSA ones out.
+    plain = write_dataset(str(tmp_path / "plain"), "cvusa", 2, seed=5, progress=False, workers=1, segmaps=False)
+    assert not plain["segmaps"] and not (tmp_path / "plain" / "streetview" / "annotations").exists()
+    with pytest.raises(CvmError):
+        write_dataset(str(tmp_path / "act"), "cvact", 2, seed=5, progress=False, segmaps=True)

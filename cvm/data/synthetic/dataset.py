@@ -15,6 +15,20 @@ from cvm.errors import CvmError
 # Ground extent of a CVUSA aerial (750 px at ~0.23 m/px); synthetic aerials cover the same by default.
 AERIAL_EXTENT_M = 172.5
 
+# Colour of each class in the segmentation maps (RGB), one fixed colour per entry of world.CLASSES:
+# the Cityscapes palette colours of terrain, road, building, vegetation and sky (Regmi & Borji's
+# Dayton maps came from a Cityscapes-trained RefineNet, so the synthetic maps look alike).
+SEG_COLOURS_RGB = ((152, 251, 152), (128, 64, 128), (70, 70, 70), (107, 142, 35), (70, 130, 180))
+SEG_COLOURS_BGR = np.array([c[::-1] for c in SEG_COLOURS_RGB], np.uint8)
+
+
+def colour_segmap(classes: np.ndarray) -> np.ndarray:
+    """[H, W] class ids (world.CLASSES) -> [H, W, 3] BGR uint8 colour segmentation map (SEG_COLOURS_RGB)."""
+    classes = np.asarray(classes)
+    if classes.size and int(classes.max()) >= len(SEG_COLOURS_BGR):
+        raise ValueError(f"class id {int(classes.max())} has no segmentation colour")
+    return SEG_COLOURS_BGR[classes]
+
 _WORLDS: dict = {}
 _WORLDS_LOCK = threading.Lock()
 

@@ -3,9 +3,15 @@
 CVUSA:
     bingmap/19/{id}.jpg              750x750 north-up aerial, ~0.23 m/px (172.5 m across)
     streetview/panos/{id}.jpg        1232x224 panorama (vertical fov 224/1232*360 deg around the horizon)
+    streetview/annotations/{id}.png  1232x224 colour segmentation map of the panorama (CVUSA's own
+                                     street-view annotation folder, the third CSV column)
+    bingmap/annotations/{id}.png     750x750 colour segmentation map of the aerial (CVUSA has none;
+                                     the folder cvm.data.synthesis reads for ground -> aerial)
     splits/train-19zl.csv, splits/val-19zl.csv
-        rows "bingmap/19/{id}.jpg,streetview/panos/{id}.jpg,annotations/{id}.png" (no header;
-        the annotation images are not written, loaders ignore the column)
+        rows "bingmap/19/{id}.jpg,streetview/panos/{id}.jpg,streetview/annotations/{id}.png" (no header)
+    Segmentation maps colour each pixel by its class with dataset.SEG_COLOURS_RGB (ground, road,
+    building, tree, sky = Cityscapes terrain, road, building, vegetation, sky colours); PNG, so the
+    colours stay exact. segmaps=False leaves them out (the retrieval loaders never read them).
 CVACT (as distributed, ANU_data_small):
     streetview/{panoId}_grdView.jpg               1664x832 full equirectangular panorama
     satview_polish/{panoId}_satView_polish.jpg    1200x1200 aerial, same 172.5 m coverage
@@ -24,7 +30,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from cvm.data.synthetic.dataset import AERIAL_EXTENT_M, shared_world, split_counts
+from cvm.data.synthetic.dataset import AERIAL_EXTENT_M, colour_segmap, shared_world, split_counts
 from cvm.data.synthetic.render import render_aerial, render_panorama
 from cvm.data.synthetic.world import World, world_size_for
 from cvm.errors import CvmError
@@ -33,6 +39,9 @@ LAYOUTS = ("cvusa", "cvact")
 JPEG_QUALITY = 95
 # Fixed offset that makes world metres look like UTM zone 55 coordinates around Canberra.
 UTM_OFFSET = (690000.0, 6090000.0)
+# Folders of the CVUSA-layout segmentation maps (see the module docstring).
+GROUND_SEG_DIR = os.path.join("streetview", "annotations")
+AERIAL_SEG_DIR = os.path.join("bingmap", "annotations")
 _PANO_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 # Per layout: final (width, height) of panorama and aerial, the render size (rendered smaller and
@@ -43,16 +52,27 @@ _SPECS = {
 }
 
 
-def render_pair(world: World, xy, layout: str):
-    """(panorama, aerial) BGR uint8 at the layout's official sizes for one location."""
+def render_pair(world: World, xy, layout: str, segmaps: bool = False):
+    """(panorama, aerial) BGR uint8 at the layout's official sizes for one location.
+
+    segmaps=True: (panorama, aerial, panorama segmap, aerial segmap); the class maps are rendered with
+    the images and enlarged with nearest neighbour, so every map pixel is one class colour.
+    """
     spec = _SPECS[layout]
     (pw, ph), (rw, rh) = spec["pano"], spec["pano_render"]
-    pano = render_panorama(world, xy, height_px=rh, width_px=rw, vfov_deg=spec["vfov"])
-    pano = cv2.resize(pano, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    pano = render_panorama(world, xy, height_px=rh, width_px=rw, vfov_deg=spec["vfov"], with_classes=segmaps)
     size = spec["aerial_render"]
-    aerial = render_aerial(world, xy, size_px=size, metres_per_pixel=AERIAL_EXTENT_M / size)
+    aerial = render_aerial(world, xy, size_px=size, metres_per_pixel=AERIAL_EXTENT_M / size, with_classes=segmaps)
+    if segmaps:
+        (pano, pano_classes), (aerial, aerial_classes) = pano, aerial
+    pano = cv2.resize(pano, (pw, ph), interpolation=cv2.INTER_LINEAR)
     aerial = cv2.resize(aerial, (spec["aerial"], spec["aerial"]), interpolation=cv2.INTER_LINEAR)
-    return pano, aerial
+    if not segmaps:
+        return pano, aerial
+    pano_seg = cv2.resize(colour_segmap(pano_classes), (pw, ph), interpolation=cv2.INTER_NEAREST)
+    aerial_seg = cv2.resize(colour_segmap(aerial_classes), (spec["aerial"], spec["aerial"]),
+                            interpolation=cv2.INTER_NEAREST)
+    return pano, aerial, pano_seg, aerial_seg
 
 
 def pano_ids(n: int, seed: int) -> list:
@@ -97,15 +117,19 @@ def write_act_data(path: str, ids: list, locations: np.ndarray, n_train: int) ->
 
 
 def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction: float = 0.2, progress: bool = True,
-                  workers: Optional[int] = None) -> dict:
+                  workers: Optional[int] = None, segmaps: Optional[bool] = None) -> dict:
     """Render `pairs` locations of the world of `seed` into out_dir in the given layout; returns a summary.
 
     The first round(pairs (1 - val_fraction)) pairs are train, the rest val. Output bytes do not
-    depend on `workers` (each pair is rendered independently from its location).
+    depend on `workers` (each pair is rendered independently from its location). segmaps (default:
+    True for cvusa; CVACT has no maps) also writes the colour segmentation maps of both views.
     """
     layout = str(layout).lower()
     if layout not in LAYOUTS:
         raise CvmError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    segmaps = (layout == "cvusa") if segmaps is None else bool(segmaps)
+    if segmaps and layout != "cvusa":
+        raise CvmError(f"segmentation maps are written in the cvusa layout only (got layout {layout!r})")
     n_train, n_val = split_counts(pairs, val_fraction)
     pairs = int(pairs)
     start = time.perf_counter()
@@ -120,14 +144,22 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
         names = pano_ids(pairs, seed)
         ground_files = [os.path.join("streetview", f"{x}_grdView.jpg") for x in names]
         aerial_files = [os.path.join("satview_polish", f"{x}_satView_polish.jpg") for x in names]
-    for folder in {os.path.dirname(f) for f in ground_files[:1] + aerial_files[:1]}:
+    folders = {os.path.dirname(f) for f in ground_files[:1] + aerial_files[:1]}
+    if segmaps:
+        folders |= {GROUND_SEG_DIR, AERIAL_SEG_DIR}
+    for folder in folders:
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
 
     def write_one(i: int) -> None:
-        pano, aerial = render_pair(world, locations[i], layout)
-        for rel, image in ((ground_files[i], pano), (aerial_files[i], aerial)):
+        rendered = render_pair(world, locations[i], layout, segmaps=segmaps)
+        outputs = [(ground_files[i], rendered[0]), (aerial_files[i], rendered[1])]
+        if segmaps:
+            outputs += [(os.path.join(GROUND_SEG_DIR, f"{names[i]}.png"), rendered[2]),
+                        (os.path.join(AERIAL_SEG_DIR, f"{names[i]}.png"), rendered[3])]
+        for rel, image in outputs:
             target = os.path.join(out_dir, rel)
-            if not cv2.imwrite(target, image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+            params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if rel.endswith(".jpg") else []
+            if not cv2.imwrite(target, image, params):
                 raise CvmError(f"could not write {target}: check that the folder is writable and has space")
 
     # Threads: cv2 (remap, resize, JPEG encoding) and numpy's large-array kernels release the GIL,
@@ -151,11 +183,12 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
         for split_name, rows in (("train-19zl.csv", range(n_train)), ("val-19zl.csv", range(n_train, pairs))):
             with open(os.path.join(out_dir, "splits", split_name), "w", newline="") as f:
                 for i in rows:
-                    f.write(f"bingmap/19/{names[i]}.jpg,streetview/panos/{names[i]}.jpg,annotations/{names[i]}.png\n")
+                    f.write(f"bingmap/19/{names[i]}.jpg,streetview/panos/{names[i]}.jpg,"
+                            f"streetview/annotations/{names[i]}.png\n")
     else:
         write_act_data(os.path.join(out_dir, "ACT_data.mat"), names, locations, n_train)
     return {"layout": layout, "pairs": pairs, "train": n_train, "val": n_val, "out_dir": os.path.abspath(out_dir),
-            "seconds": round(time.perf_counter() - start, 3)}
+            "segmaps": segmaps, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def _progress(total: int, desc: str, enabled: bool):

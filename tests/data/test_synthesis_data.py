@@ -1,0 +1,284 @@
+"""Synthesis data: Torch-style scaling, shared crop/flip of all panels, determinism, edge maps, homography,
+CVUSA / synthetic-world samples and their segmentation maps, skipped corrupt files."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from cvm.data.synthesis import (CVIU_HOMOGRAPHY, CVIU_HOMOGRAPHY_FLAG, SYNTHESIS_PRESETS, SynthesisPipeline,
+                                SynthesisSpec, edge_map, homography_matrix, load_synthesis_split, parse_homography,
+                                synthesis_preset, to_uint8_bgr, to_unit_range, torch_scale, warp_homography)
+from cvm.errors import CvmError
+
+SPEC = SynthesisSpec((32, 32), (32, 32), load_size=(36, 36), crop_size=(32, 32), flip=True)
+
+
+def write_cvusa_like(root, n, size=(24, 28), seed=0):
+    """A CVUSA-layout folder whose aerial, panorama and segmap files are related pixel-wise:
+    panorama = 255 - aerial, segmap = aerial with its channels reversed. Returns the CSV name."""
+    rng = np.random.default_rng(seed)
+    for folder in ("bingmap/19", "streetview/panos", "segs"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    rows = []
+    for i in range(n):
+        aerial = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        name = f"{i + 1:07d}"
+        cv2.imwrite(os.path.join(root, "bingmap/19", f"{name}.png"), aerial)
+        cv2.imwrite(os.path.join(root, "streetview/panos", f"{name}.png"), 255 - aerial)
+        cv2.imwrite(os.path.join(root, "segs", f"{name}.png"), aerial[..., ::-1])
+        rows.append(f"bingmap/19/{name}.png,streetview/panos/{name}.png,segs/{name}.png")
+    with open(os.path.join(root, "pairs.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return "pairs.csv"
+
+
+def batches(ds):
+    return [({k: v.numpy() for k, v in images.items()}, {k: v.numpy() for k, v in meta.items()}) for images, meta in ds]
+
+
+def test_torch_scale_matches_area_average_and_aligned_linear_interpolation():
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 90, 3)).astype(np.float32)
+    # Shrinking is an exact box filter: the same as cv2.INTER_AREA (an independent implementation).
+    np.testing.assert_allclose(torch_scale(image, (16, 50)), cv2.resize(image, (50, 16), interpolation=cv2.INTER_AREA),
+                               atol=1e-5)
+    # Enlarging interpolates linearly with the corner samples aligned: out[i] at source i (n - 1) / (m - 1).
+    small = rng.random((3, 4)).astype(np.float32)
+    out = torch_scale(small, (5, 7))
+    rows, cols = np.arange(5) * 2 / 4, np.arange(7) * 3 / 6
+    expected = np.array([[np.interp(c, np.arange(4), np.array([np.interp(r, np.arange(3), small[:, k])
+                                                                for k in range(4)])) for c in cols] for r in rows])
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert out[0, 0] == small[0, 0] and out[-1, -1] == small[-1, -1]
+    # Mixed: width shrinks, height grows (the CVUSA panorama 1232x224 -> 1024x256).
+    pano = rng.random((22, 123, 3)).astype(np.float32)
+    mixed = torch_scale(pano, (25, 100))
+    np.testing.assert_allclose(mixed, torch_scale(torch_scale(pano, (22, 100)), (25, 100)), atol=1e-6)
+    # uint8 input rounds like Torch byte tensors and stays uint8.
+    grey = rng.integers(0, 256, (10, 30), dtype=np.uint8)
+    scaled = torch_scale(grey, (10, 15))
+    assert scaled.dtype == np.uint8
+    np.testing.assert_array_equal(scaled, np.floor((grey[:, 0::2].astype(float) + grey[:, 1::2]) / 2 + 0.5))
+
+
+def test_unit_range_round_trip_and_presets():
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    x = to_unit_range(image)
+    assert x.dtype == np.float32 and x.min() == -1.0 and x.max() == 1.0
+    np.testing.assert_array_equal(to_uint8_bgr(x), image)
+    np.testing.assert_array_equal(to_uint8_bgr(np.concatenate([x, x[..., :1]], -1)[None]), image[None])
+    assert synthesis_preset("pano2aerial").input_size == (256, 1024)
+    assert synthesis_preset("pano2aerial").target_size == (512, 512)
+    assert synthesis_preset("pano2aerial_edges").input_channels == 4
+    assert synthesis_preset("aerial2pano").target_size == (256, 1024)
+    borji = SYNTHESIS_PRESETS["borji256"]
+    assert (borji.load_size, borji.crop_size, borji.flip, borji.input_channels) == ((286, 286), (256, 256), True, 3)
+    with pytest.raises(CvmError, match="valid"):
+        synthesis_preset("nope")
+    with pytest.raises(CvmError):
+        SynthesisSpec((32, 32), (32, 32), load_size=(36, 36))  # crop_size missing
+    with pytest.raises(CvmError):
+        SynthesisSpec((30, 30), (32, 32), load_size=(36, 36), crop_size=(32, 32))
+
+
+def test_same_crop_and_flip_for_all_panels(tmp_path):
+    root = str(tmp_path)
+    csv = write_cvusa_like(root, 6)
+    split = load_synthesis_split("cvusa", "train", root, "a2g", split_file=csv)
+    assert [s.out_name for s in split.samples] == [f"{i:07d}.png" for i in range(1, 7)]
+    pipeline = SynthesisPipeline(split, SPEC, seed=11)
+    loader = pipeline.loader
+    flips, offsets = set(), set()
+    for epoch in range(3):
+        for images, meta in batches(pipeline.train(2, start_epoch=epoch, epochs=epoch + 1)):
+            assert images["input"].shape == (2, 32, 32, 3)
+            # Pixel correspondences survive: target = 255 - input, segmap = input with channels reversed.
+            np.testing.assert_allclose(images["target"], -images["input"], atol=1e-5)
+            np.testing.assert_allclose(images["target_seg"], images["input"][..., ::-1], atol=1e-5)
+            for k, index in enumerate(meta["index"]):
+                top, left, flip = loader.draws(index, epoch)
+                assert 1 <= top <= 4 and 1 <= left <= 4  # Torch: ceil(uniform(0.01, 36 - 32))
+                flips.add(flip)
+                offsets.add((top, left))
+                aerial = cv2.imread(os.path.join(root, "bingmap/19", f"{index + 1:07d}.png"))
+                expected = torch_scale(to_unit_range(aerial), (36, 36))[top:top + 32, left:left + 32]
+                if flip:
+                    expected = expected[:, ::-1]
+                np.testing.assert_allclose(images["input"][k], expected, atol=1e-6)
+                assert meta["out_name"][k].decode() == f"{index + 1:07d}.png"
+    assert flips == {True, False} and len(offsets) > 3
+    # Evaluation: every sample once, in order, scaled to the crop size directly, never flipped.
+    (images, meta), = batches(pipeline.eval(6))
+    assert list(meta["index"]) == list(range(6))
+    aerial = cv2.imread(os.path.join(root, "bingmap/19", "0000001.png"))
+    np.testing.assert_allclose(images["input"][0], torch_scale(to_unit_range(aerial), (32, 32)), atol=1e-6)
+
+
+def test_training_order_and_draws_are_deterministic(tmp_path):
+    root = str(tmp_path)
+    csv = write_cvusa_like(root, 7, seed=1)
+    split = load_synthesis_split("cvusa", "train", root, "a2g", split_file=csv)
+    a = batches(SynthesisPipeline(split, SPEC, seed=3, num_parallel_calls=3).train(3, epochs=2))
+    b = batches(SynthesisPipeline(split, SPEC, seed=3, num_parallel_calls=1).train(3, epochs=2))
+    assert len(a) == 4 == 2 * SynthesisPipeline(split, SPEC).steps_per_epoch(3)  # full batches only
+    for (ia, ma), (ib, mb) in zip(a, b):
+        np.testing.assert_array_equal(ma["index"], mb["index"])
+        np.testing.assert_array_equal(ia["input"], ib["input"])
+    expected_order = np.random.default_rng([3, 1]).permutation(7)[:6]
+    np.testing.assert_array_equal(np.concatenate([a[2][1]["index"], a[3][1]["index"]]), expected_order)
+    # Resuming at epoch 1, batch 1 gives the same batch as the uninterrupted run.
+    resumed = batches(SynthesisPipeline(split, SPEC, seed=3).train(3, start_epoch=1, epochs=2, skip_batches=1))
+    np.testing.assert_array_equal(resumed[0][0]["input"], a[3][0]["input"])
+    other = SynthesisPipeline(split, SPEC, seed=4).loader
+    assert [other.draws(i, 0) for i in range(7)] != [SynthesisPipeline(split, SPEC, seed=3).loader.draws(i, 0)
+                                                     for i in range(7)]
+
+
+def test_edge_map_channel(tmp_path):
+    root = str(tmp_path)
+    csv = write_cvusa_like(root, 2, size=(20, 60))
+    split = load_synthesis_split("cvusa", "train", root, "g2a", split_file=csv)
+    spec = SynthesisSpec((16, 64), (24, 24), edge_map=True)
+    (images, _), = batches(SynthesisPipeline(split, spec).eval(2))
+    assert images["input"].shape == (2, 16, 64, 4) and spec.input_channels == 4
+    edges = images["input"][..., 3]
+    assert set(np.unique(edges)) == {0.0, 1.0}
+    pano = cv2.imread(os.path.join(root, "streetview/panos", "0000002.png"))
+    grey = torch_scale(cv2.cvtColor(pano, cv2.COLOR_BGR2GRAY), (16, 64))
+    np.testing.assert_array_equal(edges[1], cv2.Canny(grey, 50, 100) / 255.0)
+    np.testing.assert_array_equal(edge_map(grey), cv2.Canny(grey, 50, 100) > 0)
+    np.testing.assert_allclose(images["input"][1, ..., :3], torch_scale(to_unit_range(pano), (16, 64)), atol=1e-6)
+
+
+def test_homography_maps_source_points_onto_destination_points():
+    src, dst = CVIU_HOMOGRAPHY
+    assert parse_homography(CVIU_HOMOGRAPHY_FLAG) == parse_homography(CVIU_HOMOGRAPHY)
+    assert parse_homography(CVIU_HOMOGRAPHY_FLAG.split(",")) == parse_homography(CVIU_HOMOGRAPHY)
+    matrix = homography_matrix(CVIU_HOMOGRAPHY)
+    mapped = cv2.perspectiveTransform(np.asarray(src, np.float64)[None], matrix)[0]
+    np.testing.assert_allclose(mapped, np.asarray(dst, np.float64), atol=1e-6)
+    # An image with a bright dot at each source point shows the dots at the destination points.
+    points = (((10, 12), (50, 8), (55, 40), (6, 44)), ((14, 10), (48, 14), (52, 46), (12, 40)))
+    image = np.zeros((60, 64, 3), np.uint8)
+    for x, y in points[0]:
+        image[y - 1:y + 2, x - 1:x + 2] = 255
+    warped = warp_homography(image, points)
+    assert warped.shape == image.shape
+    for x, y in points[1]:
+        assert warped[y, x].min() > 200, (x, y)
+    assert warped[30, 30].max() == 0
+    # frame: the points refer to a (120, 128) frame: the image is scaled to it first.
+    assert warp_homography(image, points, frame=(120, 128)).shape == (120, 128, 3)
+    with pytest.raises(CvmError, match="16"):
+        parse_homography("1,2,3")
+    with pytest.raises(CvmError, match="degenerate"):
+        homography_matrix(((0, 0), (1, 1), (2, 2), (3, 3), (0, 0), (1, 0), (1, 1), (0, 1)))
+
+
+def test_homography_prewarp_in_the_pipeline(tmp_path):
+    root = str(tmp_path)
+    csv = write_cvusa_like(root, 2, size=(40, 40))
+    points = ((2, 3), (35, 4), (36, 37), (3, 35)), ((5, 5), (30, 6), (33, 33), (6, 30))
+    spec = SynthesisSpec((40, 40), (40, 40), homography=points)
+    split = load_synthesis_split("cvusa", "train", root, "a2g", split_file=csv)
+    (images, _), = batches(SynthesisPipeline(split, spec).eval(2))
+    aerial = cv2.imread(os.path.join(root, "bingmap/19", "0000001.png"))
+    np.testing.assert_allclose(images["input"][0], to_unit_range(warp_homography(aerial, points)), atol=1e-6)
+    np.testing.assert_allclose(images["target"][0], to_unit_range(255 - aerial), atol=1e-6)  # target not warped
+    with pytest.raises(CvmError, match="a2g"):
+        SynthesisPipeline(load_synthesis_split("cvusa", "train", root, "g2a", split_file=csv), spec)
+
+
+def test_synthetic_samples_carry_segmentation_maps_of_the_rendered_classes():
+    from cvm.data.synthetic import make_synthetic_split
+    from cvm.data.synthetic.dataset import SEG_COLOURS_BGR
+    from cvm.data.synthetic.render import render_aerial, render_panorama
+
+    g2a = load_synthesis_split("synthetic", "val", direction="g2a", synthetic_pairs=6, synthetic_seed=2,
+                               ground_size=(32, 128), aerial_size=48)
+    a2g = load_synthesis_split("synthetic", "test", direction="a2g", synthetic_pairs=6, synthetic_seed=2,
+                               ground_size=(32, 128), aerial_size=48)
+    assert g2a.ids == a2g.ids == ["0000006"] and g2a.samples[0].out_name == "0000006.jpg"
+    world_split = make_synthetic_split("val", pairs=6, seed=2, ground_size=(32, 128), aerial_size=48)
+    xy = world_split.pairs[0].location
+    pano, pano_classes = render_panorama(world_split.world, xy, height_px=32, width_px=128, with_classes=True)
+    aerial, aerial_classes = render_aerial(world_split.world, xy, size_px=48, metres_per_pixel=172.5 / 48,
+                                           with_classes=True)
+    inp, target, seg = g2a.read(0)
+    np.testing.assert_array_equal(inp, pano)
+    np.testing.assert_array_equal(target, aerial)
+    np.testing.assert_array_equal(seg, SEG_COLOURS_BGR[aerial_classes])
+    inp, target, seg = a2g.read(0)
+    np.testing.assert_array_equal(inp, aerial)
+    np.testing.assert_array_equal(seg, SEG_COLOURS_BGR[pano_classes])
+    # Through the pipeline, the segmap holds palette colours only (scaled with nearest-exact sizes).
+    spec = SynthesisSpec((32, 128), (48, 48))
+    (images, _), = batches(SynthesisPipeline(g2a, spec).eval(1))
+    colours = {tuple(c) for c in to_uint8_bgr(images["target_seg"][0]).reshape(-1, 3)}
+    assert colours <= {tuple(c) for c in SEG_COLOURS_BGR}
+    # Without fixed sizes the world is rendered at the sizes the pipeline asks for: no rescaling.
+    adaptive = load_synthesis_split("synthetic", "val", direction="g2a", synthetic_pairs=6, synthetic_seed=2)
+    (images, _), = batches(SynthesisPipeline(adaptive, SynthesisSpec((16, 64), (24, 24))).eval(1))
+    aerial24, classes24 = render_aerial(world_split.world, xy, size_px=24, metres_per_pixel=172.5 / 24,
+                                        with_classes=True)
+    np.testing.assert_array_equal(to_uint8_bgr(images["target"][0]), aerial24)
+    np.testing.assert_array_equal(to_uint8_bgr(images["target_seg"][0]), SEG_COLOURS_BGR[classes24])
+    np.testing.assert_array_equal(to_uint8_bgr(images["input"][0]),
+                                  render_panorama(world_split.world, xy, height_px=16, width_px=64))
+
+
+def test_cvusa_synthesis_split_reads_the_synth_folder(tmp_path):
+    from cvm.data.synthetic import write_dataset
+
+    out = str(tmp_path / "cvusa")
+    write_dataset(out, "cvusa", 3, seed=1, progress=False, workers=1)
+    g2a = load_synthesis_split("cvusa", "train", out, "g2a")
+    a2g = load_synthesis_split("cvusa", "val", out, "a2g")
+    assert len(g2a) == 2 and len(a2g) == 1
+    sample = g2a.samples[0]
+    assert sample.input_path.endswith("streetview/panos/0000001.jpg")
+    assert sample.target_seg_path == os.path.join(out, "bingmap", "annotations", "0000001.png")
+    assert a2g.samples[0].target_seg_path == os.path.join(out, "streetview", "annotations", "0000003.png")
+    assert a2g.samples[0].out_name == "0000003.jpg"  # the aerial file's basename, both directions
+    # ICCV19 sizes: panorama 1232x224 -> 1024x256 input, aerial and its segmap 750 -> 512.
+    (images, meta), = batches(SynthesisPipeline(g2a, SYNTHESIS_PRESETS["pano2aerial_edges"]).eval(2))
+    assert images["input"].shape == (2, 256, 1024, 4) and images["target_seg"].shape == (2, 512, 512, 3)
+    seg = cv2.imread(sample.target_seg_path)
+    np.testing.assert_allclose(images["target_seg"][0],
+                               cv2.resize(to_unit_range(seg), (512, 512), interpolation=cv2.INTER_AREA), atol=1e-5)
+    nomaps = load_synthesis_split("cvusa", "train", out, "g2a", segmaps=False)
+    assert nomaps.samples[0].target_seg_path is None
+
+
+def test_missing_and_corrupt_files_are_skipped_and_reported(tmp_path):
+    root = str(tmp_path)
+    csv = write_cvusa_like(root, 5)
+    os.remove(os.path.join(root, "segs", "0000002.png"))
+    with open(os.path.join(root, "streetview/panos", "0000004.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\nnot really")
+    split = load_synthesis_split("cvusa", "train", root, "a2g", split_file=csv)
+    faults = str(tmp_path / "faults.txt")
+    pipeline = SynthesisPipeline(split, SPEC, faults_path=faults)
+    (images, meta), = batches(pipeline.eval(8))
+    assert list(meta["index"]) == [0, 2, 4]
+    text = open(faults).read()
+    assert "0000002.png\tmissing" in text and "0000004.png\t" in text and len(pipeline.faults) == 2
+
+
+def test_split_errors(tmp_path):
+    with pytest.raises(CvmError, match="direction"):
+        load_synthesis_split("synthetic", "train", direction="sideways")
+    with pytest.raises(CvmError, match="valid"):
+        load_synthesis_split("kitti", "train", str(tmp_path))
+    with pytest.raises(CvmError, match="--root"):
+        load_synthesis_split("dayton", "train")
+    os.makedirs(tmp_path / "splits")
+    with pytest.raises(CvmError, match="train-19zl.csv"):
+        load_synthesis_split("cvusa", "train", str(tmp_path), "a2g")
+    with open(tmp_path / "splits" / "val-19zl.csv", "w") as f:
+        f.write("bingmap/19/1.jpg,streetview/panos/1.jpg\n")
+    with pytest.raises(CvmError, match="segmentation map"):  # a2g needs the third column
+        load_synthesis_split("cvusa", "val", str(tmp_path), "a2g")
+    assert load_synthesis_split("cvusa", "val", str(tmp_path), "a2g", segmaps=False).samples[0].id == "1"
