@@ -2,10 +2,17 @@
 
   cvm data synth --out DIR --layout cvusa|cvact --pairs N --seed S
       Write a dataset folder from the embedded synthetic cross-view world, in the official layout
-      (JPEGs at the official sizes, split CSVs or ACT_data.mat), so the real adapters can read it.
-  cvm data check --dataset cvusa|cvact|ucfop --root DIR
+      (JPEGs at the official sizes, split CSVs or ACT_data.mat), so the real adapters can read it;
+      cvusa also gets colour segmentation maps of both views (--nosegmaps leaves them out).
+  cvm data check --dataset cvusa|cvact|ucfop|dayton --root DIR
       Validate a dataset folder: counts per split, missing, unreadable and wrong-size files by name.
       Exit status 0 only if the dataset is usable.
+  cvm data polar --dataset cvusa|cvact|ucfop --root DIR [--out DIR] [--workers N] [--nostretch]
+      Precompute SAFA's polar maps (112x616, from the full-resolution aerial) into OUT/polarmap/,
+      where the adapters read them (CVUSA: polarmap/19/NNNNNNN.png). Resumable (existing readable
+      maps are skipped; files are written atomically); unreadable inputs are listed by name and
+      make the exit status 1. CVACT as distributed needs --out: it becomes SAFA's preprocessed
+      CVACT folder (polarmap/, 616x112 streetview/*.png crops, ACT_data.mat).
 """
 
 from __future__ import annotations
@@ -15,22 +22,27 @@ from absl import flags
 from cvm.cli import common
 from cvm.errors import CvmError
 
-SUBCOMMANDS = ("synth", "check")
+SUBCOMMANDS = ("synth", "check", "polar")
 
-flags.DEFINE_string("dataset", None, "Dataset name: cvusa, cvact, ucfop.")
+flags.DEFINE_string("dataset", None, "Dataset name: cvusa, cvact, ucfop, dayton.")
 flags.DEFINE_string("root", None, "Dataset root folder.")
-flags.DEFINE_string("out", None, "synth: output folder of the dataset.")
+flags.DEFINE_string("out", None, "synth: output folder of the dataset; polar: where polarmap/ goes (default ROOT).")
 flags.DEFINE_enum("layout", "cvusa", ["cvusa", "cvact"], "synth: folder layout to write.")
 flags.DEFINE_integer("pairs", 200, "synth: number of ground/aerial pairs.", lower_bound=2)
 flags.DEFINE_integer("seed", 0, "Random seed (the synthetic world and its sample locations).")
 flags.DEFINE_float("val_fraction", 0.2, "synth: fraction of pairs in the validation split.",
                    lower_bound=0.0, upper_bound=0.9)
 flags.DEFINE_integer("workers", None, "Parallel workers (default: all cores).")
+flags.DEFINE_boolean("stretch", True, "polar: per-image min-max stretch to 0..255, as SAFA's published polar maps "
+                                      "(scipy.misc.imsave); --nostretch rounds the interpolated values.")
+flags.DEFINE_list("polar_size", ["112", "616"], "polar: polar map height,width (SAFA: 112,616).")
+flags.DEFINE_boolean("segmaps", True, "synth: also write colour segmentation maps of both views (cvusa layout: "
+                                      "streetview/annotations/, bingmap/annotations/).")
 flags.DEFINE_enum("cvact_layout", "auto", ["auto", "distributed", "preprocessed"],
-                  "check: CVACT folder layout (auto-detected by default).")
-flags.DEFINE_string("cvact_mat", None, "check: path of ACT_data.mat (default ROOT/ACT_data.mat).")
+                  "check, polar: CVACT folder layout (auto-detected by default).")
+flags.DEFINE_string("cvact_mat", None, "check, polar: path of ACT_data.mat (default ROOT/ACT_data.mat).")
 flags.DEFINE_integer("limit", None, "check: only the first N pairs of each split (a quick look).")
-flags.DEFINE_list("splits", None, "check: only these splits (e.g. 'test' for a CVACT ANU_data_test folder).")
+flags.DEFINE_list("splits", None, "check, polar: only these splits (e.g. 'test' for a CVACT ANU_data_test folder).")
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +54,8 @@ def synth() -> int:
     if not out:
         raise CvmError("--out is required: the folder to write the synthetic dataset into")
     summary = write_dataset(out, layout=FLAGS.layout, pairs=FLAGS.pairs, seed=FLAGS.seed,
-                            val_fraction=FLAGS.val_fraction, workers=FLAGS.workers, progress=True)
+                            val_fraction=FLAGS.val_fraction, workers=FLAGS.workers, progress=True,
+                            segmaps=FLAGS.segmaps and FLAGS.layout == "cvusa")
     print(f"wrote {summary['pairs']} {FLAGS.layout} pairs ({summary['train']} train, {summary['val']} val) "
           f"to {summary['out_dir']} in {summary['seconds']:.1f} s")
     return 0
@@ -52,7 +65,7 @@ def check() -> int:
     from cvm.data.check import main_check
 
     if not FLAGS.dataset:
-        raise CvmError("--dataset is required: one of cvusa, cvact, ucfop")
+        raise CvmError("--dataset is required: one of cvusa, cvact, ucfop, dayton")
     if not FLAGS.root:
         raise CvmError("--root is required: the dataset's root folder")
     options = {}
@@ -62,12 +75,39 @@ def check() -> int:
                       **options)
 
 
+def polar() -> int:
+    from cvm.data.polar_batch import precompute_polar
+
+    if not FLAGS.dataset:
+        raise CvmError("--dataset is required: one of cvusa, cvact, ucfop")
+    if not FLAGS.root:
+        raise CvmError("--root is required: the dataset's root folder")
+    try:
+        height, width = (int(v) for v in FLAGS.polar_size)
+    except ValueError:
+        raise CvmError(f"--polar_size must be two positive integers height,width; got {','.join(FLAGS.polar_size)}")
+    if height <= 0 or width <= 0:
+        raise CvmError(f"--polar_size must be positive, got {height},{width}")
+    options = {}
+    if FLAGS.dataset == "cvact":
+        options = {"layout": FLAGS.cvact_layout, "mat_path": FLAGS.cvact_mat}
+    summary = precompute_polar(FLAGS.dataset, FLAGS.root, out_dir=FLAGS.out, splits=FLAGS.splits,
+                               workers=FLAGS.workers, stretch=FLAGS.stretch, height=height, width=width,
+                               progress=True, **options)
+    for path, reason in summary.failed:
+        print(f"unreadable: {path}: {reason}")
+    print(f"polar maps under {summary.out_dir}: {summary.written} written, {summary.redone} rewritten, "
+          f"{summary.skipped} already done, {len(summary.failed)} failed, of {summary.total}, "
+          f"in {summary.seconds:.1f} s")
+    return 1 if summary.failed else 0
+
+
 def main(argv) -> int:
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         got = " ".join(argv[1:]) or "nothing"
         raise CvmError(f"`cvm data` takes one subcommand, {' or '.join(SUBCOMMANDS)}; got {got}. "
                        "See `cvm data --help`.")
-    return {"synth": synth, "check": check}[argv[1]]()
+    return {"synth": synth, "check": check, "polar": polar}[argv[1]]()
 
 
 def run(argv) -> None:

@@ -3,6 +3,9 @@
   cvm train                                      the quickstart: a small CVM-Net-I on the synthetic world
   cvm train --flagfile experiments/cvm_net_i_cvusa.cfg --root /data/CVUSA --model_dir runs/cvmnet1
   cvm train --model_dir DIR ...                  resumes DIR from its last checkpoint (same flags)
+  cvm train --flagfile experiments/xfork_pano2aerial_cvusa.cfg --root /data/CVUSA --model_dir runs/xfork
+                                                 a synthesis GAN (--method xfork, xseq, xpix2pix,
+                                                 xfork_pano2aerial, xfork_aerial2pano; flags marked "Synthesis")
 
 The resolved flags are written to MODEL_DIR/flags.cfg (reusable as a --flagfile) and config.json.
 """
@@ -13,9 +16,10 @@ import os
 
 from absl import flags
 
-from cvm.cli import common, train_flags
+from cvm.cli import common, synthesis_flags, train_flags
 
 train_flags.define_flags()
+synthesis_flags.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -24,6 +28,15 @@ def main(argv) -> int:
         from cvm.errors import CvmError
 
         raise CvmError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    from cvm.training.synthesis_config import is_synthesis_method
+
+    if is_synthesis_method(FLAGS.method):
+        return train_synthesis()
+    if FLAGS.dataset == "dayton":
+        from cvm.errors import CvmError
+
+        raise CvmError(f"--dataset dayton has no retrieval pairs (it is a synthesis dataset): use it with a synthesis "
+                       f"--method (xfork, xseq, xpix2pix), not {FLAGS.method!r}")
     from cvm.training.loop import Run
 
     config = train_flags.config_from_flags(FLAGS)
@@ -38,5 +51,21 @@ def main(argv) -> int:
     return 0
 
 
+def train_synthesis() -> int:
+    """A synthesis GAN run (cvm.training.gan); its resolved flags go to MODEL_DIR/flags.cfg."""
+    from cvm.training.gan import SynthesisRun
+
+    config = synthesis_flags.config_from_flags(FLAGS)
+    run_ = SynthesisRun(config)  # refuses a model_dir that holds a run with other settings
+    with open(os.path.join(run_.config.model_dir, "flags.cfg"), "w") as f:
+        f.write(synthesis_flags.flagfile_text(run_.config))
+    state = run_.train()
+    if state.get("best"):
+        best = state["best"]
+        print(f"best validation L1 {best['score']:.4f} after epoch {best['epoch']} "
+              f"({os.path.join(run_.config.model_dir, 'best')})")
+    return 0
+
+
 def run(argv) -> None:
-    common.run_app("cvm train", argv, main, __doc__, ["cvm.cli.train_flags"])
+    common.run_app("cvm train", argv, main, __doc__, ["cvm.cli.train_flags", "cvm.cli.synthesis_flags"])

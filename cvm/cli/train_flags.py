@@ -12,7 +12,8 @@ _DEFAULTS = TrainConfig()
 
 # field -> (kind, help). kind: str, int, float, bool, size (H,W), or ("enum", choices).
 FIELDS = {
-    "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, cvft, cvft_vgg_conv, cvft_vgg_gp, safa, regmi_two_stream, ..."),
+    "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, cvft, cvft_vgg_conv, cvft_vgg_gp, safa, regmi_two_stream, ...; "
+                      "or a synthesis GAN: xfork, xseq, xpix2pix, xfork_pano2aerial, xfork_aerial2pano."),
     "keep_prob": ("float", "Dropout keep probability of the VGG conv4/conv5 and TransNet layers (rate = 1 - keep_prob)."),
     "weights": ("str", "Backbone initialisation: 'imagenet' (Keras' VGG16 weights; needs internet), a local "
                        "Keras VGG16 notop .h5 file, or empty for random."),
@@ -33,14 +34,17 @@ FIELDS = {
                                                        "or half_pixel (TF2 tf.image.resize)."),
     "spatial_maps": ("int", "SAFA: number of spatial-aware importance maps (8 in SAFA_8)."),
     "multiscale": ("bool", "Regmi & Shah: concatenate conv6-8 (default) or use conv8 only (--nomultiscale)."),
-    "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop"]), "Dataset (synthetic = the embedded world)."),
+    "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop", "dayton"]),
+                "Dataset (synthetic = the embedded world; dayton: synthesis methods only)."),
     "root": ("str", "Dataset root folder (not used by the synthetic world)."),
     "train_split": ("str", "Training split name."),
     "val_split": ("str", "Validation split used for model selection (CVUSA 'val' is the papers' test set, "
                          "as the originals did); empty: no validation."),
     "holdout_fraction": ("float", "If > 0, validate on this seeded fraction of the training split instead of "
                                   "--val_split (proper model selection)."),
-    "preset": ("str", "Image size preset: cvm_net, regmi, cvft, safa, safa_polar, small."),
+    "preset": ("str", "Image size preset: cvm_net, regmi, cvft, safa, safa_polar, small; synthesis methods: "
+                      "borji256, borji64, pano2aerial, pano2aerial_edges, pano2aerial_small, aerial2pano, "
+                      "aerial2pano_small (cvm.data.synthesis.SYNTHESIS_PRESETS)."),
     "ground_size": ("size", "Ground input 'height,width' (overrides the preset)."),
     "aerial_size": ("size", "Aerial input 'height,width' (overrides the preset)."),
     "aerial_polar": ("bool", "Polar-transform the aerial image (SAFA)."),

@@ -6,3 +6,9 @@ from cvm.losses.triplet import (  # noqa: F401
     utm_mask,
     weighted_soft_margin_triplet,
 )
+from cvm.losses.gan import (  # noqa: F401,E402
+    binary_cross_entropy_with_logits,
+    discriminator_loss,
+    generator_gan_loss,
+    l1_loss,
+)

@@ -1,0 +1,114 @@
+"""The flags of a synthesis GAN run (`cvm train --method xfork|xseq|xpix2pix|xfork_pano2aerial|xfork_aerial2pano`).
+
+absl defines every flag up-front, so `cvm train` carries both sets: the shared ones of
+`cvm.cli.train_flags` (method, dataset, root, model_dir, batch_size, lr, epochs, precision, seed, ...)
+keep their meaning, and the synthesis-only ones are defined here. The shared flags' defaults are the
+retrieval quickstart's, so a synthesis run takes a shared flag's value only when it was given
+(`FLAGS[name].present`, which flagfiles set too) and SynthesisConfig's default otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from cvm.cli import train_flags
+from cvm.training.synthesis_config import SynthesisConfig
+
+_DEFAULTS = SynthesisConfig()
+
+# Synthesis-only fields -> (kind, help). kind: str, int, float, bool, size, ("enum", choices).
+FIELDS = {
+    "ngf": ("int", "Synthesis: width of the generator's first layer (64 in the papers)."),
+    "ndf": ("int", "Synthesis: width of the discriminator's first layer (64)."),
+    "d_layers": ("int", "Synthesis: PatchGAN depth (default: the method's; 3 = 70x70 patches for xfork/xseq/"
+                        "xpix2pix, 4 = 142x142 for the ICCV19 forks). Small images need fewer."),
+    "dropout": ("float", "Synthesis: dropout rate of the first three decoder layers (0.5)."),
+    "edge_bias": ("bool", "Synthesis: biases on the convs not followed by BN (first conv, output convs). The "
+                          "Torch originals zeroed every conv bias before each forward (default: none)."),
+    "fix_fork_relu": ("bool", "Synthesis: add the ReLU that the ICCV19 forkG_cvusa lacks before its two heads "
+                              "(default: keep the original)."),
+    "direction": (("enum", ["a2g", "g2a"]), "Synthesis: a2g (aerial -> ground) or g2a (ground -> aerial); default: "
+                                            "the method's (g2a for xfork_pano2aerial, else a2g)."),
+    "input_size": ("size", "Synthesis: generator input 'height,width' (overrides the preset)."),
+    "target_size": ("size", "Synthesis: generated image 'height,width' (overrides the preset)."),
+    "load_size": ("size", "Synthesis: pix2pix scale-then-crop: scale every panel to 'height,width' first."),
+    "crop_size": ("size", "Synthesis: ... then crop this 'height,width' (must equal --input_size/--target_size)."),
+    "edge_map": ("bool", "Synthesis: append the Canny(50, 100) edge map of the input as a 4th channel (ICCV19)."),
+    "homography": ("str", "Synthesis: pre-warp the aerial input with the homography of 4 point pairs (CVIU): 16 "
+                          "numbers x1,y1,...,x4,y4 (source) then the destination's."),
+    "homography_size": ("size", "Synthesis: 'height,width' of the frame the homography points refer to."),
+    "lambda_l1": ("float", "Synthesis: weight of the image L1 loss (default: the method's, 100)."),
+    "lambda_seg": ("float", "Synthesis: weight of the segmentation L1 loss (default: the method's: xfork 100, "
+                            "xfork_pano2aerial 1, xfork_aerial2pano 10; X-Seq: G2's L1)."),
+    "lambda_grads": ("float", "Synthesis: X-Seq weight of G2's input gradient fed back into G1 (0.1)."),
+    "label_smoothing": ("float", "Synthesis: the BCE target of real samples (0.9: one-sided label smoothing, as the "
+                                 "originals; 1.0: none)."),
+    "beta1": ("float", "Synthesis: Adam beta1 (0.5)."),
+    "image_every_steps": ("int", "Synthesis: write input / generated / target / segmentation images to TensorBoard "
+                                 "every N steps (0: never)."),
+}
+
+SHARED = tuple(f.name for f in dataclasses.fields(SynthesisConfig) if f.name not in FIELDS)
+assert set(SHARED) <= set(train_flags.FIELDS), set(SHARED) - set(train_flags.FIELDS)
+assert not set(FIELDS) & set(train_flags.FIELDS), "synthesis-only flags must not shadow shared ones"
+
+
+def define_flags(flag_values=flags.FLAGS) -> None:
+    """Define the synthesis-only flags (the shared ones come from train_flags.define_flags)."""
+    for name, (kind, help_text) in FIELDS.items():
+        default = getattr(_DEFAULTS, name)
+        fv = {"flag_values": flag_values}
+        if isinstance(kind, tuple):
+            flags.DEFINE_enum(name, default, kind[1], help_text, **fv)
+        elif kind == "bool":
+            flags.DEFINE_boolean(name, default, help_text, **fv)
+        elif kind == "int":
+            flags.DEFINE_integer(name, default, help_text, **fv)
+        elif kind == "float":
+            flags.DEFINE_float(name, default, help_text, **fv)
+        elif kind == "size":
+            flags.DEFINE_list(name, None if default is None else [str(v) for v in default], help_text, **fv)
+        else:
+            flags.DEFINE_string(name, default, help_text, **fv)
+
+
+def _kind(name):
+    return FIELDS[name][0] if name in FIELDS else train_flags.FIELDS[name][0]
+
+
+def config_from_flags(flag_values) -> SynthesisConfig:
+    """SynthesisConfig from parsed flags: synthesis flags always, shared flags only when given."""
+    values = {}
+    for field in dataclasses.fields(SynthesisConfig):
+        name = field.name
+        if name in SHARED and not flag_values[name].present:
+            continue  # the synthesis default, not the retrieval quickstart's
+        value = getattr(flag_values, name)
+        kind = _kind(name)
+        if kind == "size":
+            value = tuple(int(v) for v in value) if value else None
+        elif kind == "str" and value == "":
+            value = None
+        values[name] = value
+    return SynthesisConfig(**values)
+
+
+def flagfile_text(config: SynthesisConfig) -> str:
+    """The config as a flagfile (`cvm train --flagfile MODEL_DIR/flags.cfg` reruns it)."""
+    lines = []
+    for field in dataclasses.fields(SynthesisConfig):
+        name, value = field.name, getattr(config, field.name)
+        kind = _kind(name)
+        if kind == "bool":
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif value is None:
+            if kind in ("str", "size") and name in SHARED:
+                lines.append(f"--{name}=")
+            # None synthesis fields and None shared ints are the defaults: leaving them out keeps them.
+        elif kind == "size":
+            lines.append(f"--{name}={','.join(str(v) for v in value)}")
+        else:
+            lines.append(f"--{name}={value}")
+    return "\n".join(lines) + "\n"

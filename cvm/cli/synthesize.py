@@ -1,0 +1,58 @@
+"""cvm synthesize: write the generated images of a trained synthesis GAN for every sample of a split.
+
+  cvm synthesize --model_dir runs/xfork_pano2aerial --root /data/CVUSA --split train --out synth/train
+  cvm synthesize --model_dir runs/xfork_pano2aerial --root /data/CVUSA --split val --out synth/val --metrics
+
+One image per sample, named by its out_name (CVUSA: the aerial file's basename, as the original test
+script), at the model's target size, generator in inference mode. Resumable: images already in --out
+that decode are kept, the rest written (atomically), so an interrupted run just continues.
+--metrics then scores the folder against the real targets (SSIM, PSNR, sharpness difference) into
+MODEL_DIR/results/synthesis_<dataset>_<split>.json.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from cvm.cli import common
+
+flags.DEFINE_string("model_dir", None, "Run folder written by `cvm train --method xfork...`.")
+flags.DEFINE_string("dataset", None, "Dataset (default: the run's): synthetic, cvusa, dayton.")
+flags.DEFINE_string("root", None, "Dataset root (default: the run's; not used by synthetic).")
+flags.DEFINE_string("split", "val", "Split whose inputs are synthesized (train, val).")
+flags.DEFINE_string("out", None, "Folder the generated images are written to.")
+flags.DEFINE_integer("batch_size", None, "Generation batch size (default: the run's eval_batch_size).")
+flags.DEFINE_string("checkpoint", "latest", "latest (newest checkpoint), best (lowest validation L1, if the run "
+                                            "validated), or a checkpoints/ckpt-*.npz path.")
+flags.DEFINE_boolean("metrics", False, "Score the generated images against the real targets afterwards.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+    from cvm.errors import CvmError
+
+    if len(argv) > 1:
+        raise CvmError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    if not FLAGS.model_dir:
+        raise CvmError("--model_dir is required: the folder of a synthesis run trained with `cvm train`")
+    if not FLAGS.out:
+        raise CvmError("--out is required: the folder to write the generated images to")
+    from cvm.training.gan import synthesize
+
+    summary = synthesize(FLAGS.model_dir, FLAGS.out, split=FLAGS.split, dataset=FLAGS.dataset, root=FLAGS.root,
+                         batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint, metrics=FLAGS.metrics)
+    print(f"{summary['out_dir']}: {summary['written']} written, {summary['existing']} already there, "
+          f"{summary['samples']} samples ({summary['checkpoint']})")
+    if summary.get("skipped_unreadable"):
+        print(f"{summary['skipped_unreadable']} samples skipped: unreadable inputs (see {FLAGS.model_dir}/results)")
+    if "metrics" in summary:
+        values = summary["metrics"].get("metrics", summary["metrics"])
+        shown = {k: v for k, v in values.items() if isinstance(v, float)}
+        print(", ".join(f"{k} {v:.4f}" for k, v in shown.items()) or "metrics written")
+        print(f"results: {summary['metrics_path']}")
+    return 0
+
+
+def run(argv) -> None:
+    common.run_app("cvm synthesize", argv, main, __doc__, [__name__])

@@ -1,0 +1,206 @@
+"""SynthesisConfig: every setting of a cross-view synthesis GAN run, saved beside the checkpoints.
+
+Defaults are the papers' (Regmi & Borji CVPR 2018, Regmi & Shah ICCV 2019); fields left None take the
+method's value from METHOD_DEFAULTS (batch size, epochs, L1 weights, image preset), as the Torch
+scripts set them. `resolved()` returns the config with every None filled in; that is what a run
+saves (config.json, flags.cfg) and uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from cvm.errors import CvmError
+from cvm.training.config import PRECISIONS
+
+# Method -> the Torch script's settings (seeds.md §3.1, §4).
+#   xfork      train_fork.lua: batch 1, niter 35, lambda 100 on the image and on the segmentation L1
+#   xseq       train_seq.lua: batch 4, niter 35, lambda 100 (G1 image L1, G2 segmentation L1), lambda_grads 0.1
+#   xpix2pix   train_pix2pix.lua: batch 8, niter 35, lambda 100
+#   xfork_pano2aerial  train_xfork_pano2aerial.lua: batch 4, niter 100, lambda1 100, lambda2 1
+#              (the _with_edgemap script: batch 16, same weights)
+#   xfork_aerial2pano  train_xfork_aerial2pano.lua: batch 4, niter 30, lambda1 100, lambda2 10
+METHOD_DEFAULTS = {
+    "xfork": dict(preset="borji256", direction="a2g", batch_size=1, epochs=35, lambda_l1=100.0, lambda_seg=100.0),
+    "xseq": dict(preset="borji256", direction="a2g", batch_size=4, epochs=35, lambda_l1=100.0, lambda_seg=100.0),
+    "xpix2pix": dict(preset="borji256", direction="a2g", batch_size=8, epochs=35, lambda_l1=100.0, lambda_seg=0.0),
+    "xfork_pano2aerial": dict(preset="pano2aerial", direction="g2a", batch_size=4, epochs=100, lambda_l1=100.0,
+                              lambda_seg=1.0),
+    "xfork_aerial2pano": dict(preset="aerial2pano", direction="a2g", batch_size=4, epochs=30, lambda_l1=100.0,
+                              lambda_seg=10.0),
+}
+SYNTHESIS_METHODS = tuple(METHOD_DEFAULTS)
+DATASETS = ("synthetic", "cvusa", "dayton")
+
+
+def is_synthesis_method(method: Optional[str]) -> bool:
+    return method in METHOD_DEFAULTS
+
+
+def _size(value):
+    return None if value is None else tuple(int(v) for v in value)
+
+
+@dataclasses.dataclass
+class SynthesisConfig:
+    # Model.
+    method: str = "xfork"
+    ngf: int = 64
+    ndf: int = 64
+    d_layers: Optional[int] = None  # None: the method's (3 CVPR18, 4 ICCV19)
+    dropout: float = 0.5
+    edge_bias: bool = False
+    fix_fork_relu: bool = False
+    # Data.
+    dataset: str = "synthetic"
+    root: Optional[str] = None
+    direction: Optional[str] = None  # a2g (aerial -> ground) or g2a; None: the method's
+    train_split: str = "train"
+    val_split: Optional[str] = None
+    preset: Optional[str] = None
+    input_size: Optional[tuple] = None
+    target_size: Optional[tuple] = None
+    load_size: Optional[tuple] = None
+    crop_size: Optional[tuple] = None
+    edge_map: bool = False
+    homography: Optional[str] = None  # CVIU pre-warp: 16 numbers (cvm.data.synthesis.CVIU_HOMOGRAPHY_FLAG)
+    homography_size: Optional[tuple] = None
+    synthetic_pairs: int = 1000
+    synthetic_seed: int = 0
+    # Loss.
+    lambda_l1: Optional[float] = None
+    lambda_seg: Optional[float] = None
+    lambda_grads: float = 0.1
+    label_smoothing: float = 0.9  # the real label of the BCE (one-sided smoothing); 1.0 turns it off
+    # Optimisation.
+    batch_size: Optional[int] = None
+    lr: float = 2e-4
+    beta1: float = 0.5
+    epochs: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    # Runtime.
+    precision: str = "float32"
+    jit_compile: bool = False
+    strategy: str = "default"
+    seed: int = 0
+    model_dir: str = "runs/synthesis"
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 10
+    image_every_steps: int = 100
+    keep_checkpoints: int = 3
+    eval_batch_size: int = 8
+    deterministic: bool = False
+    kill_after_steps: Optional[int] = None
+
+    def resolved(self) -> "SynthesisConfig":
+        """A copy with the method's defaults filled in for every None field that has one."""
+        if self.method not in METHOD_DEFAULTS:
+            raise CvmError(f"--method {self.method!r} is not a synthesis method; valid: {', '.join(METHOD_DEFAULTS)}")
+        defaults = METHOD_DEFAULTS[self.method]
+        changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.method == "xfork_pano2aerial" and self.edge_map and self.batch_size is None:
+            changes["batch_size"] = 16  # train_xfork_pano2aerial_with_edgemap.lua
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        c = self.resolved()
+        if c.precision not in PRECISIONS:
+            raise CvmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+        if c.dataset not in DATASETS:
+            raise CvmError(f"--dataset {c.dataset!r} has no synthesis data; use one of {', '.join(DATASETS)}")
+        if c.direction not in ("a2g", "g2a"):
+            raise CvmError(f"--direction must be a2g (aerial -> ground) or g2a, got {c.direction!r}")
+        if c.method == "xfork_pano2aerial" and c.direction != "g2a":
+            raise CvmError("--method xfork_pano2aerial synthesizes aerials from panoramas: use --direction=g2a")
+        if c.method == "xfork_aerial2pano" and c.direction != "a2g":
+            raise CvmError("--method xfork_aerial2pano synthesizes panoramas from aerials: use --direction=a2g")
+        for name in ("batch_size", "epochs", "ngf", "ndf"):
+            if getattr(c, name) < 1:
+                raise CvmError(f"--{name} must be at least 1, got {getattr(c, name)}")
+        if c.lr <= 0:
+            raise CvmError(f"--lr must be positive, got {c.lr}")
+        if not 0.0 <= c.beta1 < 1.0:
+            raise CvmError(f"--beta1 must be in [0, 1), got {c.beta1}")
+        if not 0.0 < c.label_smoothing <= 1.0:
+            raise CvmError(f"--label_smoothing (the real label) must be in (0, 1], got {c.label_smoothing}")
+        if not 0.0 <= c.dropout < 1.0:
+            raise CvmError(f"--dropout must be in [0, 1), got {c.dropout}")
+        if c.strategy != "default":
+            raise CvmError(f"--strategy {c.strategy} is not supported by the GAN trainer (one device); "
+                           "use --strategy=default")
+        spec = c.data_spec()
+        if c.edge_map and spec.input_channels != 4:
+            raise CvmError("--edge_map: the data spec did not add the edge channel")
+        try:  # sizes must fit the architecture (powers of two, the bottleneck aspect)
+            _check_sizes(c.method, spec.input_size, spec.target_size, c.d_layers)
+        except ValueError as exc:
+            raise CvmError(f"--input_size {spec.input_size} / --target_size {spec.target_size} do not fit "
+                           f"--method {c.method}: {exc}") from None
+
+    def data_spec(self):
+        """The cvm.data.synthesis.SynthesisSpec: the preset, overridden by the explicit size flags."""
+        from cvm.data.synthesis import SYNTHESIS_PRESETS, parse_homography
+
+        c = self.resolved()
+        if c.preset not in SYNTHESIS_PRESETS:
+            raise CvmError(f"--preset {c.preset!r} is not a synthesis preset; valid: {', '.join(SYNTHESIS_PRESETS)}")
+        spec = SYNTHESIS_PRESETS[c.preset]
+        changes = {}
+        for name in ("input_size", "target_size", "load_size", "crop_size", "homography_size"):
+            if getattr(c, name) is not None:
+                changes[name] = _size(getattr(c, name))
+        if c.edge_map:
+            changes["edge_map"] = True
+        if c.homography:
+            changes["homography"] = parse_homography(c.homography)
+        if changes.get("input_size") and spec.crop_size and "crop_size" not in changes:
+            raise CvmError(f"--input_size {changes['input_size']}: preset {c.preset} crops {spec.crop_size} from "
+                           f"{spec.load_size}; give --load_size and --crop_size too (or a smaller --preset, "
+                           "e.g. borji64)")
+        return dataclasses.replace(spec, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    def save(self, model_dir: str) -> None:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, "config.json"), "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, model_dir: str) -> "SynthesisConfig":
+        path = os.path.join(model_dir, "config.json")
+        if not os.path.isfile(path):
+            raise CvmError(f"{path} not found: {model_dir} is not a cvm model_dir (run `cvm train --method xfork "
+                           "--model_dir ...` first)")
+        with open(path) as f:
+            values = json.load(f)
+        if not is_synthesis_method(values.get("method")):
+            raise CvmError(f"{model_dir} holds a {values.get('method')!r} run, not a synthesis GAN")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in ("input_size", "target_size", "load_size", "crop_size", "homography_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _check_sizes(method, input_size, target_size, d_layers=None) -> None:
+    from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
+    from cvm.models.synthesis import _bottleneck
+    from cvm.models.synthesis.generators import _log2_ratio
+
+    spec = ARCH[method]
+    bottleneck, reshape_to = _bottleneck(spec["family"], tuple(input_size), tuple(target_size))
+    for axis in (0, 1):
+        _log2_ratio(input_size[axis], bottleneck[axis], "input / bottleneck")
+        _log2_ratio(target_size[axis], (reshape_to or bottleneck)[axis], "target / bottleneck")
+    if spec["conditional"] and tuple(input_size) != tuple(target_size):
+        raise ValueError("the conditional discriminator needs equal input and target sizes")
+    n_layers = spec["n_layers"] if d_layers is None else int(d_layers)
+    if min(target_size) // 2 ** n_layers - 2 < 1:  # n_layers stride-2 convs, then two 4x4 convs that shrink by one
+        raise ValueError(f"a {n_layers}-layer discriminator leaves no output on {tuple(target_size)} images; "
+                         "lower --d_layers")
+
