@@ -44,6 +44,9 @@ def build_encoder(config: TrainConfig):
                    init=config.init, sinkhorn_iterations=config.sinkhorn_iterations,
                    sinkhorn_scale=config.sinkhorn_scale, resize_mode=config.resize_mode,
                    spatial_maps=config.spatial_maps, multiscale=config.multiscale)
+    # Methods whose weights depend on the input size (SAFA's importance generator) are built for it.
+    spec = config.image_spec()
+    options.update(ground_size=spec.ground_size, aerial_size=spec.aerial_size)
     # Flags are shared by all methods; each builder takes the options it knows.
     accepted = builder_options(config.method)
     return build_model(config.method, **{k: v for k, v in options.items() if k in accepted})
