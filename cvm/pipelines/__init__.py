@@ -1,0 +1,1 @@
+"""Multi-stage experiments (one module per paper pipeline)."""

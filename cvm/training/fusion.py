@@ -1,0 +1,287 @@
+"""Regmi & Shah (ICCV 2019) feature fusion: descriptor dumps of the joint model and the fusion trainer.
+
+Paper: https://arxiv.org/abs/1904.11045 (Sec. 3.3); code: `feature_fusion/src/` (seeds.md §3.4).
+The joint model's ground, aerial and synthesized-aerial descriptors are dumped for the training and
+the test splits (`dump_descriptors`; the original shipped no script for the training-split dump: it
+is written here, without augmentation). The fusion model (`RegmiFusion`) then learns
+ground' = L2(fc2(concat(ground, synthesized))) and aerial' = L2(fc1(aerial)) with the plain
+weighted soft-margin triplet loss (§1.5; no synthesized term), Adam 1e-5, batch 100.
+
+Dump files are .npz with ground, aerial, synthesized ([N, D] float32), index ([N] positions in the
+split; pairs whose images could not be read are absent), ids, split, dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cvm.data import holdout
+from cvm.errors import CvmError
+from cvm.training.checkpoints import CheckpointManager
+from cvm.training.config import TrainConfig
+from cvm.training.distribute import is_chief, make_strategy
+from cvm.training.loop import Run, build_loss, set_precision
+from cvm.training.optimizers import FusedAdam
+from cvm.training.retrieval import RetrievalTrainer
+
+DUMP_KEYS = ("ground", "aerial", "synthesized")
+SELECTION_METRIC = "regmi_selection"
+SELECTION_HELP = ("top-1% (K = floor(N/100) + 1) with ties broken by top-1 + top-10 + top-1% "
+                  "(feature_fusion/train.py): r@1%_fp1 + (r@1 + r@10 + r@1%_fp1) / (4 N)")
+
+
+def dump_descriptors(model, pipeline, batch_size: int, path: str, progress: bool = False) -> dict:
+    """Embed every pair of `pipeline` (a three-view eval pipeline) with a joint model; write `path` (.npz).
+
+    Dropout is off and no augmentation is applied (the pipeline must be built without one). Returns
+    the arrays written. The file is written to a temporary name and renamed, never half-written.
+    """
+    normalize = None if getattr(pipeline, "normalize", True) else pipeline.spec
+
+    @tf.function(reduce_retracing=True)
+    def step(features):
+        if normalize is not None:
+            from cvm.data.pipeline import normalise_batch
+
+            features = {k: normalise_batch(v, normalize) for k, v in features.items()}
+        out = model(features, training=False)
+        return tuple(tf.cast(out[k], tf.float32) for k in DUMP_KEYS)
+
+    parts = {k: [] for k in (*DUMP_KEYS, "index")}
+    bar = keras.utils.Progbar(len(pipeline.split), unit_name="pair") if progress else None
+    for features, meta in pipeline.eval(batch_size):
+        for key, value in zip(DUMP_KEYS, step(features)):
+            parts[key].append(value.numpy())
+        parts["index"].append(meta["index"].numpy())
+        if bar is not None:
+            bar.add(int(meta["index"].shape[0]))
+    if not parts["index"]:
+        raise CvmError(f"no pair of {pipeline.split.dataset} {pipeline.split.name} could be read; see the fault report")
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    split = pipeline.split
+    arrays["ids"] = np.asarray([split[int(i)].id for i in arrays["index"]])
+    write_dump(path, arrays, split=split.name, dataset=split.dataset)
+    return arrays
+
+
+def write_dump(path: str, arrays: dict, split: str, dataset: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, split=np.asarray(split), dataset=np.asarray(dataset), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_dump(path: str) -> dict:
+    """The arrays of a descriptor dump; CvmError if it is missing or lacks a field."""
+    if not os.path.isfile(path):
+        raise CvmError(f"descriptor dump {path} not found: run the pipeline's dump stage (or dump_descriptors) first")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in (*DUMP_KEYS, "index") if k not in data.files]
+        if missing:
+            raise CvmError(f"descriptor dump {path} lacks {', '.join(missing)}; dump it again")
+        arrays = {k: data[k] for k in data.files}
+    dims = {arrays[k].shape[1] for k in DUMP_KEYS}
+    if len(dims) != 1 or len({len(arrays[k]) for k in (*DUMP_KEYS, "index")}) != 1:
+        raise CvmError(f"descriptor dump {path} has inconsistent shapes "
+                       f"{ {k: arrays[k].shape for k in (*DUMP_KEYS, 'index')} }")
+    return arrays
+
+
+def select_rows(arrays: dict, rows) -> dict:
+    rows = np.asarray(rows, np.int64)
+    return {k: (v[rows] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == len(arrays["index"]) else v)
+            for k, v in arrays.items()}
+
+
+def holdout_rows(arrays: dict, n_pairs: int, fraction: float, seed: int):
+    """(train rows, held-out rows) of a dump: the held-out pairs are those `cvm.data.holdout` sets aside
+    in a split of n_pairs with the same fraction and seed, so the fusion stage validates on the same
+    pairs as the image stages did."""
+    from cvm.data.records import Pair, Split
+
+    split = Split("dump", "train", None, [Pair(str(i), str(i), str(i)) for i in range(int(n_pairs))])
+    _, held = holdout(split, fraction, seed)
+    held_index = {int(p.id) for p in held}
+    is_held = np.asarray([int(i) in held_index for i in arrays["index"]])
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+class _DumpSplit:
+    """Just enough of a `Split` for the loop and the evaluator: name, dataset, size, no locations."""
+
+    location_kind = None
+    root = None
+
+    def __init__(self, name: str, dataset: str, n: int):
+        self.name, self.dataset, self._n = name, dataset, int(n)
+
+    def __len__(self) -> int:
+        return self._n
+
+
+class DescriptorPipeline:
+    """tf.data batches of fusion inputs from a dump: ground = concat(ground, synthesized), aerial.
+
+    The same contract as `cvm.data.pipeline.Pipeline` (train order `default_rng([seed, epoch])
+    .permutation`, full batches, `skip_batches` to resume; eval in order, partial last batch).
+    """
+
+    normalize = True  # descriptors need no image normalisation
+
+    def __init__(self, arrays: dict, name: str, dataset: str, seed: int = 0):
+        self.ground = np.concatenate([arrays["ground"], arrays["synthesized"]], axis=1).astype(np.float32)
+        self.aerial = np.asarray(arrays["aerial"], np.float32)
+        self.index = np.asarray(arrays["index"], np.int64)
+        self.seed = int(seed)
+        self.split = _DumpSplit(name, dataset, len(self.index))
+        if len(self.index) == 0:
+            raise CvmError(f"the {dataset} {name} descriptor dump has no rows")
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self.index) // int(batch_size)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.index)).astype(np.int64)
+
+    def _batches(self, rows: tf.data.Dataset) -> tf.data.Dataset:
+        ground, aerial, index = tf.constant(self.ground), tf.constant(self.aerial), tf.constant(self.index)
+
+        def gather(r):
+            return ({"ground": tf.gather(ground, r), "aerial": tf.gather(aerial, r)},
+                    {"index": tf.gather(index, r)})
+
+        return rows.map(gather).prefetch(tf.data.AUTOTUNE)
+
+    def train(self, batch_size: int, start_epoch: int = 0, epochs: Optional[int] = None,
+              skip_batches: int = 0) -> tf.data.Dataset:
+        batch_size = int(batch_size)
+        n = len(self.index)
+        if batch_size > n:
+            raise CvmError(f"--batch_size {batch_size} is larger than the {n} descriptors of {self.split.name}")
+
+        def one_epoch(epoch):
+            order = tf.numpy_function(self.epoch_order, [epoch], tf.int64, name="epoch_order")
+            order.set_shape((n,))
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+
+        stop = np.iinfo(np.int64).max if epochs is None else int(epochs)
+        ds = tf.data.Dataset.range(int(start_epoch), stop).flat_map(one_epoch)
+        if skip_batches:
+            ds = ds.skip(int(skip_batches))
+        return self._batches(ds)
+
+    def eval(self, batch_size: int) -> tf.data.Dataset:
+        return self._batches(tf.data.Dataset.range(len(self.index)).batch(int(batch_size)))
+
+
+def selection_score(metrics: dict, n_references: int) -> float:
+    """feature_fusion/train.py's model selection as one number: top-1%, ties broken by top-1 + top-10 + top-1%."""
+    top = metrics["r@1%_floor_plus_1"]
+    # The tie-break term is below 3 / (4 N) < 1 / N, the smallest top-1% difference: lexicographic order.
+    return float(top + (metrics["r@1"] + metrics["r@10"] + top) / (4.0 * max(1, n_references)))
+
+
+class FusionRun(Run):
+    """Trains (or resumes) `RegmiFusion` on descriptor dumps in config.model_dir.
+
+    Args:
+      config: TrainConfig of the stage (output_dim, init, lr, batch_size, epochs, alpha, seed,
+        holdout_fraction, best_metric: "regmi_selection" for the original's rule, or any r@ metric).
+      train_dump: the training split's dump (`dump_descriptors`).
+      val_dump: the dump to select on (the test split's, as the original) or None: with
+        config.holdout_fraction > 0 the held-out pairs of the image stages (`holdout_rows`) are
+        used instead, their other rows are trained on.
+      n_train_pairs: size of the training split (for `holdout_rows`; default: max index + 1).
+      holdout_seed: the seed the image stages held out with (default config.seed).
+    """
+
+    def __init__(self, config: TrainConfig, train_dump: str, val_dump: Optional[str] = None,
+                 n_train_pairs: Optional[int] = None, holdout_seed: Optional[int] = None, strategy=None,
+                 progress: bool = True):
+        config.validate()
+        if config.method != "regmi_fusion":
+            raise CvmError(f"the fusion stage trains --method=regmi_fusion, got {config.method!r}")
+        self.config = config
+        self.strategy = strategy or make_strategy(config.strategy)
+        self.chief = is_chief(self.strategy)
+        self.progress = progress and self.chief
+        self.model_dir = config.model_dir
+        os.makedirs(self.model_dir, exist_ok=True)
+        self._check_previous_config()
+        if self.chief:
+            config.save(self.model_dir)
+        set_precision(config.precision)
+        keras.utils.set_random_seed(config.seed)
+
+        train = load_dump(train_dump)
+        val = None
+        if config.holdout_fraction > 0:
+            n = int(n_train_pairs) if n_train_pairs else int(train["index"].max()) + 1
+            seed = config.seed if holdout_seed is None else int(holdout_seed)
+            rest, held = holdout_rows(train, n, config.holdout_fraction, seed)
+            train, val = select_rows(train, rest), select_rows(train, held)
+            val_name = "train-holdout"
+        elif val_dump:
+            val = load_dump(val_dump)
+            val_name = str(val.get("split", "val"))
+        dataset = str(train.get("dataset", "dump"))
+        input_dim = int(train["ground"].shape[1])
+
+        from cvm.models import build_model
+
+        with self.strategy.scope():
+            self.encoder = build_model("regmi_fusion", input_dim=input_dim, output_dim=config.output_dim,
+                                       init=config.init)
+            self.trainer = RetrievalTrainer(self.encoder, build_loss(config))
+            self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
+            self.optimizer = self.trainer.optimizer
+            self.optimizer.build(self.encoder.trainable_variables)
+        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
+        self.pipeline = DescriptorPipeline(train, "train", dataset, config.seed)
+        self.val_pipeline = None if val is None else DescriptorPipeline(val, val_name, dataset, config.seed)
+        self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
+        if config.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))
+        if self.steps_per_epoch < 1:
+            raise CvmError(f"--batch_size {config.batch_size} leaves no full batch in {len(self.pipeline.index)} "
+                           "training descriptors")
+        self._step_fn = self._make_step_fn()
+        self._writers = {}
+
+    def validate(self, epoch: int) -> dict:
+        from cvm.evaluation import evaluate
+        from cvm.evaluation.embed import embed_split
+
+        emb = embed_split(self.encoder, self.val_pipeline, self.config.eval_batch_size)
+        raw = evaluate(emb["ground"], emb["aerial"], directions=("ground_to_aerial",))
+        metrics = {k: float(v) for k, v in raw["directions"]["ground_to_aerial"]["metrics"].items()}
+        metrics[SELECTION_METRIC] = selection_score(metrics, raw["n_references"])
+        if self.chief:
+            with self._writer("val").as_default(step=epoch):
+                for key, value in metrics.items():
+                    tf.summary.scalar(key, value)
+            if self.progress:
+                shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items() if k.startswith("r@"))
+                print(f"validation after epoch {epoch}: {shown} (N = {raw['n_queries']})")
+        return metrics
+
+    def final_model_path(self) -> str:
+        best = os.path.join(self.model_dir, "best", "model.keras")
+        return best if os.path.isfile(best) else os.path.join(self.model_dir, "final", "model.keras")
+
+    def train(self) -> dict:
+        state = super().train()
+        if self.chief:
+            final = os.path.join(self.model_dir, "final")
+            os.makedirs(final, exist_ok=True)
+            tmp = os.path.join(final, "model.tmp.keras")
+            self.encoder.save(tmp)
+            os.replace(tmp, os.path.join(final, "model.keras"))
+        return state
