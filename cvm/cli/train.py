@@ -37,6 +37,12 @@ def main(argv) -> int:
 
         raise CvmError(f"--dataset dayton has no retrieval pairs (it is a synthesis dataset): use it with a synthesis "
                        f"--method (xfork, xseq, xpix2pix), not {FLAGS.method!r}")
+    if FLAGS.method in ("regmi_joint", "regmi_fusion"):
+        from cvm.errors import CvmError
+
+        raise CvmError(f"--method {FLAGS.method} trains on synthesized aerials / dumped descriptors that the "
+                       "earlier stages produce: run it with `cvm pipeline regmi_iccv19` (its --joint_flag / "
+                       "--fusion_flag pass flags to this stage)")
     from cvm.training.loop import Run
 
     config = train_flags.config_from_flags(FLAGS)

@@ -21,7 +21,7 @@ import numpy as np
 from cvm.errors import CvmError
 
 _NAME = re.compile(r"ckpt-(\d+)\.npz$")
-_AUTO_SUFFIX = re.compile(r"_\d+(?=/|$)")
+_AUTO_SUFFIX = re.compile(r"_\d+(?=[/_]|$)")
 
 
 def _entries(prefix: str, variables) -> list:
@@ -30,7 +30,9 @@ def _entries(prefix: str, variables) -> list:
 
 def _signature(key: str) -> str:
     """`model/0003:dense_7/kernel` -> `model/0003:dense/kernel`: Keras' automatic name suffixes
-    depend on how many layers the process built before, so they must not decide a match."""
+    depend on how many layers the process built before, so they must not decide a match. Optimizer
+    slots embed the model's name mid-string (`adam/model_1_fc_kernel_momentum`), so every `_N` goes;
+    the variable's ordinal in the key keeps signatures unique."""
     return _AUTO_SUFFIX.sub("", key)
 
 

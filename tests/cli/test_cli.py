@@ -40,6 +40,9 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert "config.json not found" in out.stderr and "Traceback" not in out.stderr
     bad = cvm("train", "--precision=float8")
     assert bad.returncode != 0 and "precision" in (bad.stderr + bad.stdout)
+    joint = cvm("train", f"--flagfile={os.path.join(ROOT, 'experiments', 'regmi_iccv19_joint_cvusa.cfg')}",
+                f"--model_dir={tmp_path / 'joint'}")
+    assert joint.returncode != 0 and "cvm pipeline regmi_iccv19" in joint.stderr and "Traceback" not in joint.stderr
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "experiments", "*.cfg"))))
