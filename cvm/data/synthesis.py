@@ -37,7 +37,9 @@ from cvm.data.pipeline import FaultReport, describe_failure
 from cvm.data.records import read_bgr
 from cvm.errors import CvmError
 
-DATASETS = ("synthetic", "cvusa", "dayton")
+DATASETS = ("synthetic", "cvusa", "dayton", "ucfop", "cvact")
+# Retrieval datasets without released segmentation maps: their target_seg is all zeros.
+WITHOUT_SEGMAPS = ("ucfop", "cvact")
 DIRECTIONS = ("a2g", "g2a")  # a2g: aerial -> ground (street view); g2a: ground -> aerial
 
 # CVIU 2019 (Regmi & Borji, "Cross-view image synthesis using geometry-guided conditional GANs"): the
@@ -361,7 +363,7 @@ def load_synthesis_split(dataset: str, split: str, root: Optional[str] = None, d
     """The samples of one split of a synthesis dataset in one direction.
 
     Args:
-      dataset: "synthetic", "cvusa" or "dayton".
+      dataset: "synthetic", "cvusa", "dayton", or "ucfop" / "cvact" (retrieval pairs, no segmentation maps).
       split: the split name (synthetic/CVUSA: "train", "val"/"test"; Dayton: "train", "test"/"val").
       root: the dataset folder (not used by "synthetic").
       direction: "a2g" (aerial -> ground) or "g2a" (ground -> aerial).
@@ -387,6 +389,8 @@ def load_synthesis_split(dataset: str, split: str, root: Optional[str] = None, d
         return load_cvusa_synthesis(root, split, direction, **options)
     if dataset == "dayton":
         return load_dayton_synthesis(root, split, direction, **options)
+    if dataset in ("ucfop", "cvact"):
+        return load_pairs_synthesis(dataset, root, split, direction, **options)
     raise CvmError(f"unknown synthesis --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 
@@ -401,6 +405,29 @@ def load_dayton_synthesis(root: str, split: str, direction: str = "a2g", segmaps
                                target_seg_path=p.ground_path if segmaps else None,
                                out_name=os.path.basename(p.ground_path), panels=panels) for p in records]
     return SynthesisSplit("dayton", split, records.root, direction, samples, records.source)
+
+
+def load_pairs_synthesis(dataset: str, root: str, split: str, direction: str = "g2a", segmaps: bool = False,
+                         **options) -> SynthesisSplit:
+    """Synthesis samples from a retrieval dataset's (ground, aerial) pairs, without segmentation maps.
+
+    UCF-OP and CVACT have no released segmentation maps (kregmi/cross-view-image-matching issue #3), so
+    target_seg is all zeros and the fork's segmentation head learns nothing useful: set --lambda_seg=0
+    or use a plain generator. out_name is the aerial file's basename, as for CVUSA.
+    """
+    from cvm.data import load_split
+
+    direction = _check_direction(direction)
+    if segmaps:
+        raise CvmError(f"--dataset {dataset} has no segmentation maps to train a fork's segmentation head on; "
+                       "pass segmaps=False (the GAN trainer does so for this dataset)")
+    pairs = load_split(dataset, split, root, **options)
+    samples = []
+    for pair in pairs.pairs:
+        inp, tgt = (pair.aerial_path, pair.ground_path) if direction == "a2g" else (pair.ground_path, pair.aerial_path)
+        samples.append(SynthesisSample(id=pair.id, input_path=inp, target_path=tgt, target_seg_path=None,
+                                       out_name=os.path.basename(pair.aerial_path)))
+    return SynthesisSplit(dataset, split, pairs.root, direction, samples, pairs.source)
 
 
 def load_cvusa_synthesis(root: str, split: str, direction: str = "g2a", segmaps: bool = True,

@@ -224,9 +224,10 @@ def _render_options(config: SynthesisConfig, dataset: str) -> dict:
 def load_split(config: SynthesisConfig, split: str, segmaps: bool = True, dataset: Optional[str] = None,
                root: Optional[str] = None):
     """The synthesis split `split` of the run's dataset (or of `dataset` / `root`), in the run's direction."""
-    from cvm.data.synthesis import load_synthesis_split
+    from cvm.data.synthesis import WITHOUT_SEGMAPS, load_synthesis_split
 
     dataset = dataset or config.dataset
+    segmaps = segmaps and dataset not in WITHOUT_SEGMAPS
     root = root or (config.root if dataset == config.dataset else None)
     return load_synthesis_split(dataset, split, root, config.direction, synthetic_pairs=config.synthetic_pairs,
                                 synthetic_seed=config.synthetic_seed, segmaps=segmaps,

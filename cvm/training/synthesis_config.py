@@ -13,6 +13,7 @@ import json
 import os
 from typing import Optional
 
+from cvm.data.synthesis import DATASETS
 from cvm.errors import CvmError
 from cvm.training.config import PRECISIONS
 
@@ -33,7 +34,6 @@ METHOD_DEFAULTS = {
                               lambda_seg=10.0),
 }
 SYNTHESIS_METHODS = tuple(METHOD_DEFAULTS)
-DATASETS = ("synthetic", "cvusa", "dayton")
 
 
 def is_synthesis_method(method: Optional[str]) -> bool:

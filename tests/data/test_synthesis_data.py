@@ -282,3 +282,23 @@ def test_split_errors(tmp_path):
     with pytest.raises(CvmError, match="segmentation map"):  # a2g needs the third column
         load_synthesis_split("cvusa", "val", str(tmp_path), "a2g")
     assert load_synthesis_split("cvusa", "val", str(tmp_path), "a2g", segmaps=False).samples[0].id == "1"
+
+
+def test_ucfop_pairs_become_synthesis_samples_without_segmaps(tmp_path):
+    import cv2
+
+    root = tmp_path / "UCF-OP"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "test_split.txt").write_text("a/28.6_-81.2_nadir.png,g/28.600001_-81.200002.png\n")
+    rng = np.random.default_rng(0)
+    for rel, shape in (("a/28.6_-81.2_nadir.png", (40, 40, 3)), ("g/28.600001_-81.200002.png", (20, 80, 3))):
+        (root / rel).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(root / rel), rng.integers(0, 255, shape, dtype=np.uint8))
+    split = load_synthesis_split("ucfop", "test", str(root), "g2a", segmaps=False)
+    sample = split[0]
+    assert sample.input_path.endswith("28.600001_-81.200002.png") and sample.target_path.endswith("_nadir.png")
+    assert sample.target_seg_path is None and sample.out_name == "28.6_-81.2_nadir.png"
+    ground, aerial, seg = split.read(0)
+    assert ground.shape == (20, 80, 3) and aerial.shape == (40, 40, 3) and seg is None
+    with pytest.raises(CvmError, match="no segmentation maps"):
+        load_synthesis_split("ucfop", "test", str(root), "g2a", segmaps=True)
