@@ -17,7 +17,7 @@ from absl import flags
 from cvm.cli import common
 
 flags.DEFINE_string("model_dir", None, "Run folder written by `cvm train --method xfork...`.")
-flags.DEFINE_string("dataset", None, "Dataset (default: the run's): synthetic, cvusa, dayton.")
+flags.DEFINE_string("dataset", None, "Dataset (default: the run's): synthetic, cvusa, dayton, ucfop, cvact.")
 flags.DEFINE_string("root", None, "Dataset root (default: the run's; not used by synthetic).")
 flags.DEFINE_string("split", "val", "Split whose inputs are synthesized (train, val).")
 flags.DEFINE_string("out", None, "Folder the generated images are written to.")
