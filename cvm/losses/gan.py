@@ -8,8 +8,8 @@ the logits (the same values, without the overflow of log(sigmoid)). Every loss i
 the compute dtype.
 
 ```python
-d_loss = discriminator_loss(real_logits, fake_logits)        # BCE(real, 0.9) + BCE(fake, 0)
-g_loss = generator_gan_loss(fake_logits) + 100.0 * l1_loss(fake, target)
+d_loss = discriminator_loss(real_logits, generated_logits)        # BCE(real, 0.9) + BCE(fake, 0)
+g_loss = generator_gan_loss(generated_logits) + 100.0 * l1_loss(generated, target)
 ```
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from keras import ops
 
-REAL_LABEL = 0.9  # one-sided label smoothing of the originals (real_label = 0.9, fake_label = 0)
-FAKE_LABEL = 0.0
+REAL_LABEL = 0.9  # one-sided label smoothing of the originals (real_label = 0.9, generated_label = 0)
+GENERATED_LABEL = 0.0
 
 
 def binary_cross_entropy_with_logits(logits, label: float):
@@ -28,19 +28,19 @@ def binary_cross_entropy_with_logits(logits, label: float):
     return ops.mean(ops.relu(x) - x * label + ops.log1p(ops.exp(-ops.abs(x))))
 
 
-def discriminator_loss(real_logits, fake_logits, real_label: float = REAL_LABEL, fake_label: float = FAKE_LABEL):
-    """D loss: BCE(D(real), real_label) + BCE(D(fake), fake_label), pix2pix Eq. 1.
+def discriminator_loss(real_logits, generated_logits, real_label: float = REAL_LABEL, generated_label: float = GENERATED_LABEL):
+    """D loss: BCE(D(real), real_label) + BCE(D(fake), generated_label), pix2pix Eq. 1.
 
     The sum is not halved: the Torch code prints (errD_real + errD_fake) / 2 but back-propagates both
     terms at full weight, so the gradient is that of the sum.
     """
     return (binary_cross_entropy_with_logits(real_logits, real_label)
-            + binary_cross_entropy_with_logits(fake_logits, fake_label))
+            + binary_cross_entropy_with_logits(generated_logits, generated_label))
 
 
-def generator_gan_loss(fake_logits, real_label: float = REAL_LABEL):
+def generator_gan_loss(generated_logits, real_label: float = REAL_LABEL):
     """G adversarial term: BCE(D(G(x)), real_label) (the non-saturating loss, with the smoothed label)."""
-    return binary_cross_entropy_with_logits(fake_logits, real_label)
+    return binary_cross_entropy_with_logits(generated_logits, real_label)
 
 
 def l1_loss(prediction, target):

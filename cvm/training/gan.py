@@ -119,10 +119,10 @@ class GANSteps:
             return image
         return tf.concat([tf.cast(condition, image.dtype), image], axis=-1)
 
-    def _update_discriminator(self, role, real, fake):
+    def _update_discriminator(self, role, real, generated):
         d, optimizer = self.discriminators[role], self.optimizers[role]
         with tf.GradientTape() as tape:
-            loss = discriminator_loss(d(real, training=True), d(fake, training=True), self.real_label, 0.0)
+            loss = discriminator_loss(d(real, training=True), d(generated, training=True), self.real_label, 0.0)
             scaled = optimizer.scale_loss(loss)
         optimizer.apply(tape.gradient(scaled, d.trainable_variables), d.trainable_variables)
         return loss
@@ -133,12 +133,12 @@ class GANSteps:
         out = {}
         with tf.GradientTape() as tape:
             generated = g(x, training=True)  # once per batch, as createRealFake()
-            fake = generated["image"]
+            image = generated["image"]
             with tape.stop_recording():
                 out["d_loss"] = self._update_discriminator("d", self._judged(x, y),
-                                                           self._judged(x, tf.stop_gradient(fake)))
-            out["g_gan"] = generator_gan_loss(d(self._judged(x, fake), training=True), self.real_label)
-            out["l1"] = l1_loss(fake, y)
+                                                           self._judged(x, tf.stop_gradient(image)))
+            out["g_gan"] = generator_gan_loss(d(self._judged(x, image), training=True), self.real_label)
+            out["l1"] = l1_loss(image, y)
             loss = out["g_gan"] + self.lambda_l1 * out["l1"]
             if "segmentation" in generated:
                 out["l1_seg"] = l1_loss(generated["segmentation"], y_seg)
@@ -156,33 +156,33 @@ class GANSteps:
         out = {}
         tape1 = tf.GradientTape()
         with tape1:
-            fake_b = g1(x, training=True)["image"]
-        fake_b_in = tf.stop_gradient(fake_b)
+            gen_b = g1(x, training=True)["image"]
+        gen_b_in = tf.stop_gradient(gen_b)
         tape2 = tf.GradientTape()
         with tape2:
-            tape2.watch(fake_b_in)
-            fake_bs = g2(fake_b_in, training=True)["segmentation"]
+            tape2.watch(gen_b_in)
+            gen_bs = g2(gen_b_in, training=True)["segmentation"]
         # (1) D2: "real" is (generated B, real Bs), fake is (generated B, generated Bs), as train_seq.lua.
-        out["d2_loss"] = self._update_discriminator("d2", tf.concat([fake_b_in, y_seg], -1),
-                                                    tf.concat([fake_b_in, tf.stop_gradient(fake_bs)], -1))
+        out["d2_loss"] = self._update_discriminator("d2", tf.concat([gen_b_in, y_seg], -1),
+                                                    tf.concat([gen_b_in, tf.stop_gradient(gen_bs)], -1))
         # (2) G2 with the updated D2; D2's condition channels send no gradient (narrow() in the Lua).
         with tape2:
-            logits = d2(tf.concat([tf.cast(tf.stop_gradient(fake_b_in), fake_bs.dtype), fake_bs], -1), training=True)
+            logits = d2(tf.concat([tf.cast(tf.stop_gradient(gen_b_in), gen_bs.dtype), gen_bs], -1), training=True)
             out["g2_gan"] = generator_gan_loss(logits, self.real_label)
-            out["l1_seg"] = l1_loss(fake_bs, y_seg)
+            out["l1_seg"] = l1_loss(gen_bs, y_seg)
             loss2 = out["g2_gan"] + self.lambda_seg * out["l1_seg"]
             scaled2 = opt_g2.scale_loss(loss2)
-        grads = tape2.gradient(scaled2, g2.trainable_variables + [fake_b_in])
+        grads = tape2.gradient(scaled2, g2.trainable_variables + [gen_b_in])
         grads_seq = _unscale(opt_g2, grads[-1])  # d loss2 / d fake B, before G2's update
         opt_g2.apply(grads[:-1], g2.trainable_variables)
         # (3) D1 on (A, B) vs (A, fake B).
-        out["d_loss"] = self._update_discriminator("d1", self._judged(x, y), self._judged(x, fake_b_in))
+        out["d_loss"] = self._update_discriminator("d1", self._judged(x, y), self._judged(x, gen_b_in))
         # (4) G1: GAN + lambda * L1 + lambda_grads * grads_seq (added to dLoss/d fake B).
         with tape1:
-            out["g_gan"] = generator_gan_loss(d1(self._judged(x, fake_b), training=True), self.real_label)
-            out["l1"] = l1_loss(fake_b, y)
+            out["g_gan"] = generator_gan_loss(d1(self._judged(x, gen_b), training=True), self.real_label)
+            out["l1"] = l1_loss(gen_b, y)
             out["g_loss"] = out["g_gan"] + self.lambda_l1 * out["l1"]
-            feedback = tf.reduce_sum(tf.stop_gradient(grads_seq) * tf.cast(fake_b, tf.float32))
+            feedback = tf.reduce_sum(tf.stop_gradient(grads_seq) * tf.cast(gen_b, tf.float32))
             scaled1 = opt_g1.scale_loss(out["g_loss"] + self.lambda_grads * feedback)
         opt_g1.apply(tape1.gradient(scaled1, g1.trainable_variables), g1.trainable_variables)
         return out
@@ -512,18 +512,18 @@ def synthesize(model_dir: str, out_dir: str, split: str = "val", dataset: Option
     names = samples.out_names
     if len(set(names)) != len(names):
         raise CvmError(f"{dataset} {split}: several samples share an output name; cannot write one file each")
-    todo = [i for i, name in enumerate(names) if not _readable(os.path.join(out_dir, name))]
+    pending = [i for i, name in enumerate(names) if not _readable(os.path.join(out_dir, name))]
     summary = {"model_dir": model_dir, "checkpoint": described, "dataset": dataset, "split": split,
-               "out_dir": out_dir, "samples": len(names), "existing": len(names) - len(todo), "written": 0}
-    if todo:
+               "out_dir": out_dir, "samples": len(names), "existing": len(names) - len(pending), "written": 0}
+    if pending:
         results_dir = os.path.join(model_dir, "results")
         os.makedirs(results_dir, exist_ok=True)
-        pipeline = SynthesisPipeline(samples.subset(todo), config.data_spec(), seed=config.seed,
+        pipeline = SynthesisPipeline(samples.subset(pending), config.data_spec(), seed=config.seed,
                                      faults_path=os.path.join(results_dir, f"synthesize_{dataset}_{split}_faults.txt"))
         g = generators.get("g") or generators["g1"]
-        bar = keras.utils.Progbar(len(todo)) if progress else None
+        bar = keras.utils.Progbar(len(pending)) if progress else None
         if progress:
-            print(f"synthesizing {len(todo)} of {len(names)} images into {out_dir} ({described})")
+            print(f"synthesizing {len(pending)} of {len(names)} images into {out_dir} ({described})")
         for images, meta in pipeline.eval(batch_size or config.eval_batch_size):
             generated = to_uint8_bgr(keras.ops.convert_to_numpy(g(images["input"], training=False)["image"]))
             for image, name in zip(generated, meta["out_name"].numpy()):
