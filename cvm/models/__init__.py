@@ -11,6 +11,11 @@ from cvm.models.registry import available_methods, build_model, builder_options,
 from cvm.models.vgg import VGG16Tower, load_vgg16_weights
 from cvm.models.netvlad import NetVLAD
 from cvm.models.cvm_net import CVMNetI, CVMNetII
+from cvm.models import synthesis  # noqa: F401  (registers the synthesis GAN layers)
+from cvm.models.safa import SAFA, SpatialAwareImportance
+from cvm.models.regmi import RegmiEncoder, RegmiFusion, RegmiJoint, RegmiTwoStream
+from cvm.models.sinkhorn import Sinkhorn
+from cvm.models.cvft import CVFT, CVFTVGGConv, CVFTVGGGP
 
 __all__ = [
     "available_methods",
@@ -22,4 +27,14 @@ __all__ = [
     "NetVLAD",
     "CVMNetI",
     "CVMNetII",
+    "SAFA",
+    "SpatialAwareImportance",
+    "RegmiEncoder",
+    "RegmiTwoStream",
+    "RegmiJoint",
+    "RegmiFusion",
+    "Sinkhorn",
+    "CVFT",
+    "CVFTVGGConv",
+    "CVFTVGGGP",
 ]

@@ -40,14 +40,17 @@ def pipeline_flag_values(argv):
 @pytest.mark.parametrize("path", REGMI_FLAGFILES, ids=os.path.basename)
 def test_regmi_flagfiles_parse_into_their_configs(path):
     name = os.path.basename(path)
-    if name in ("regmi_iccv19_cvusa.cfg", "regmi_iccv19_ucfop.cfg"):
+    if name in ("regmi_iccv19_cvusa.cfg", "regmi_iccv19_ucfop.cfg", "regmi_iccv19_synthetic.cfg"):
         config = pipeline_cli.config_from_flags(pipeline_flag_values([f"--flagfile={path}", "--work_dir=w",
                                                                       "--root=r"]))
         assert config.dataset == name.split("_")[-1][:-4]
         assert (config.joint_ground_weight, config.joint_synthesized_weight) == (10.0, 1.0)
         assert config.two_stream and config.synthesized_zoom and not config.select_on_test
+        stage_dataset = "cvusa" if config.dataset == "synthetic" else config.dataset  # written as a CVUSA folder
         for stage in (config.two_stream_flagfile, config.joint_flagfile, config.fusion_flagfile):
-            assert stage_config(stage).dataset == config.dataset
+            stage_cfg = stage_config(stage, config.retrieval_flags)
+            stage_cfg.validate()
+            assert stage_cfg.dataset == stage_dataset
         return
     config = stage_config(path)
     config.validate()
