@@ -47,8 +47,9 @@ def main(argv) -> int:
     dataset = FLAGS.dataset or config.dataset
     root = FLAGS.root or (config.root if dataset == config.dataset else None)
     split_name = FLAGS.split or config.val_split or "val"
+    options = config.split_options() if dataset == config.dataset else {}
     split = load_split(dataset, split_name, root, image_spec=config.image_spec(),
-                       synthetic_pairs=config.synthetic_pairs, synthetic_seed=config.synthetic_seed)
+                       synthetic_pairs=config.synthetic_pairs, synthetic_seed=config.synthetic_seed, **options)
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "results")
     pipeline = Pipeline(split, config.image_spec(), config.eval_augment_spec(), seed=2019 + config.seed,
                         faults_path=os.path.join(out_dir, f"{dataset}_{split_name}_faults.txt"))

@@ -48,6 +48,10 @@ FIELDS = {
     "ground_size": ("size", "Ground input 'height,width' (overrides the preset)."),
     "aerial_size": ("size", "Aerial input 'height,width' (overrides the preset)."),
     "aerial_polar": ("bool", "Polar-transform the aerial image (SAFA)."),
+    "polar_stretch": ("bool", "With --aerial_polar: min-max stretch each polar map to 0..255 as SAFA's published maps "
+                              "(scipy.misc.imsave); --nopolar_stretch keeps the interpolated values."),
+    "precomputed_polar": ("bool", "Read the polar maps `cvm data polar` wrote (ROOT/polarmap/) instead of transforming "
+                                  "the aerial on the fly (cvusa, cvact); the aerial size is then the polar map's."),
     "augment": (("enum", ["none", "cvm_net", "joint"]),
                 "Training augmentation: cvm_net (zoom-crop + aerial rotation, CVM-Net/Regmi), joint (aerial "
                 "rot90 + panorama roll and joint flip, Sample4Geo), none."),

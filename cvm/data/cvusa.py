@@ -41,7 +41,8 @@ def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
       (`cvm data check` reports those).
 
     Raises:
-      CvmError: unknown split name, missing root or split file, malformed CSV row.
+      CvmError: unknown split name, missing root or split file, malformed CSV row, or aerial="polar"
+        without a polarmap/ folder.
     """
     if split not in SPLIT_FILES:
         raise CvmError(f"Unknown CVUSA split {split!r}; valid splits: 'train', 'val', 'test' (alias of 'val').")
@@ -67,6 +68,11 @@ def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
                 id=os.path.splitext(os.path.basename(fields[0]))[0],
             )
         )
+    if aerial == "polar" and pairs and not os.path.isdir(os.path.join(root, "polarmap")):
+        # Individual missing maps are faults like any missing image; no polarmap/ at all is a forgotten step.
+        raise CvmError(f"{os.path.join(root, 'polarmap')} not found: the precomputed polar maps are written by "
+                       f"`cvm data polar --dataset cvusa --root {root}` (or drop --precomputed_polar to transform "
+                       "on the fly)")
     return Split(
         dataset="cvusa",
         name=split,

@@ -46,6 +46,8 @@ class TrainConfig:
     ground_size: Optional[tuple] = (64, 256)
     aerial_size: Optional[tuple] = (128, 128)
     aerial_polar: bool = False
+    polar_stretch: bool = True  # SAFA's published polar maps were min-max stretched per image
+    precomputed_polar: bool = False  # read `cvm data polar` maps (polarmap/) instead of transforming on the fly
     augment: str = "none"
     double_zero: bool = True
     rotation_impl: str = "warp_affine"
@@ -101,8 +103,15 @@ class TrainConfig:
             raise CvmError(f"--sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}")
         if self.mask_mode not in ("inside", "outside"):
             raise CvmError(f"--mask_mode must be inside or outside, got {self.mask_mode!r}")
+        if self.precomputed_polar and self.dataset not in ("cvusa", "cvact"):
+            raise CvmError(f"--precomputed_polar reads the polarmap/ folder `cvm data polar` writes for cvusa or "
+                           f"cvact; --dataset {self.dataset} has none (use --aerial_polar to transform on the fly)")
         self.image_spec()
         self.augment_spec()
+
+    def split_options(self) -> dict:
+        """Adapter options of the config (cvm.data.load_split **options)."""
+        return {"aerial": "polar"} if self.precomputed_polar else {}
 
     def image_spec(self) -> images.ImageSpec:
         """The preset's sizes, overridden by explicit --ground_size / --aerial_size / --aerial_polar."""
@@ -114,6 +123,10 @@ class TrainConfig:
             changes["aerial_size"] = tuple(int(v) for v in self.aerial_size)
         if self.aerial_polar:
             changes["aerial_polar"] = True
+        if self.precomputed_polar:
+            # The files are polar maps already (stretched or not as `cvm data polar` wrote them).
+            changes["aerial_polar"] = False
+        changes["polar_stretch"] = self.polar_stretch
         return dataclasses.replace(base, **changes)
 
     def augment_spec(self) -> augment_lib.AugmentSpec:

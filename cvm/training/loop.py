@@ -62,7 +62,8 @@ def build_loss(config: TrainConfig):
 def load_splits(config: TrainConfig):
     """(train split, validation split or None) as the config says."""
     spec = config.image_spec()
-    common = dict(image_spec=spec, synthetic_pairs=config.synthetic_pairs, synthetic_seed=config.synthetic_seed)
+    common = dict(image_spec=spec, synthetic_pairs=config.synthetic_pairs, synthetic_seed=config.synthetic_seed,
+                  **config.split_options())
     train = load_split(config.dataset, config.train_split, config.root, **common)
     if config.holdout_fraction > 0:
         return holdout(train, config.holdout_fraction, config.seed)

@@ -144,3 +144,26 @@ def test_cli_reports_unreadable_inputs_by_name(cvusa_root, tmp_path):
     assert f"unreadable: {bad}: zero-byte file" in run.stdout
     assert "2 written" in run.stdout and "1 failed" in run.stdout
     assert cv2.imread(os.path.join(root, "polarmap", "19", "0000008.png")).shape == (16, 88, 3)
+
+
+def test_training_config_reads_precomputed_maps_like_the_on_the_fly_transform(cvusa_root, tmp_path):
+    from cvm.training.config import TrainConfig
+    from cvm.training.loop import load_splits
+
+    root = fresh_copy(cvusa_root, tmp_path / "ds")
+    common = dict(method="safa", dataset="cvusa", root=root, preset="safa_polar", ground_size=None,
+                  aerial_size=None, aerial_polar=True, polar_stretch=True, val_split="val")
+    on_the_fly = TrainConfig(**common)
+    with pytest.raises(CvmError, match="cvm data polar --dataset cvusa"):  # not written yet: says what to run
+        load_splits(TrainConfig(**common, precomputed_polar=True))
+    precompute_polar("cvusa", root, workers=1, progress=False)
+    precomputed = TrainConfig(**common, precomputed_polar=True)
+    precomputed.validate()
+    assert not precomputed.image_spec().aerial_polar and on_the_fly.image_spec().aerial_polar
+    (_, val_fly), (_, val_files) = load_splits(on_the_fly), load_splits(precomputed)
+    assert all("polarmap" in p.aerial_path for p in val_files)
+    a, _ = next(iter(Pipeline(val_fly, on_the_fly.image_spec(), normalize=False).eval(3)))
+    b, _ = next(iter(Pipeline(val_files, precomputed.image_spec(), normalize=False).eval(3)))
+    np.testing.assert_array_equal(np.asarray(a["aerial"]), np.asarray(b["aerial"]))
+    with pytest.raises(CvmError, match="precomputed_polar"):
+        TrainConfig(dataset="synthetic", precomputed_polar=True).validate()
