@@ -60,6 +60,9 @@ def define_flags(fv=flags.FLAGS) -> None:
     flags.DEFINE_float("joint_synthesized_weight", 1.0, "Joint loss weight of L(synthesized, aerial) (1).", **on)
     flags.DEFINE_boolean("synthesized_zoom", True, "Give the synthesized aerial the real aerial's zoom-crop as well "
                          "as its rotation (a fix; --nosynthesized_zoom: rotation only, as the original).", **on)
+    flags.DEFINE_boolean("fusion_control", True, "Also train the fusion layers with the synthesized half of the "
+                         "ground input zeroed: the ablation's control row (is fusion's gain the synthesized view's?).",
+                         **on)
     flags.DEFINE_integer("dump_batch_size", 32, "Batch size of the descriptor dump.", **on)
     flags.DEFINE_integer("synthetic_pairs", 400, "--dataset synthetic: number of pairs written (train + val).",
                          **on)
@@ -82,7 +85,7 @@ def config_from_flags(fv):
         two_stream_flags=tuple(fv.two_stream_flag), joint_flags=tuple(fv.joint_flag),
         fusion_flags=tuple(fv.fusion_flag), select_on_test=fv.select_on_test,
         joint_ground_weight=fv.joint_ground_weight, joint_synthesized_weight=fv.joint_synthesized_weight,
-        synthesized_zoom=fv.synthesized_zoom, dump_batch_size=fv.dump_batch_size,
+        synthesized_zoom=fv.synthesized_zoom, fusion_control=fv.fusion_control, dump_batch_size=fv.dump_batch_size,
         synthetic_pairs=fv.synthetic_pairs, synthetic_seed=fv.synthetic_seed)
 
 

@@ -44,7 +44,8 @@ DATASETS = ("cvusa", "ucfop", "synthetic")
 TEST_SPLIT = "val"  # CVUSA val-19zl.csv (the papers' test set); UCF-OP's "val" is its test split
 # Rows of the ablation table (the paper's Table 3 ablation) by stage; each also has results/<stage>.json.
 ROW_NAMES = {"two_stream": "two-stream baseline", "joint": "joint feature learning",
-             "joint_synthesized": "joint: synthesized aerial -> aerial", "fusion": "feature fusion"}
+             "joint_synthesized": "joint: synthesized aerial -> aerial", "fusion": "feature fusion",
+             "fusion_control": "fusion without the synthesized view (control)"}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -74,6 +75,7 @@ class PipelineConfig:
     joint_ground_weight: float = 10.0
     joint_synthesized_weight: float = 1.0
     synthesized_zoom: bool = True
+    fusion_control: bool = True  # also train fusion with the synthesized half zeroed (the ablation's control)
     dump_batch_size: int = 32
     # Stage 0 (--dataset synthetic).
     synthetic_pairs: int = 400
@@ -299,7 +301,15 @@ class RegmiPipeline:
         run = FusionRun(config, dumps["train"]["path"], None if holdout else dumps[TEST_SPLIT]["path"],
                         n_train_pairs=dumps["train"]["pairs"], holdout_seed=joint.seed, progress=self.progress)
         state = run.train()
-        return {"model": run.final_model_path(), "best": state.get("best")}
+        marker = {"model": run.final_model_path(), "best": state.get("best")}
+        if self.config.fusion_control:
+            control = dataclasses.replace(config, model_dir=self.path("fusion_control"))
+            run = FusionRun(control, dumps["train"]["path"], None if holdout else dumps[TEST_SPLIT]["path"],
+                            n_train_pairs=dumps["train"]["pairs"], holdout_seed=joint.seed, progress=self.progress,
+                            without_synthesized=True)
+            state = run.train()
+            marker["control"] = {"model": run.final_model_path(), "best": state.get("best")}
+        return marker
 
     def stage_evaluate(self) -> dict:
         import keras
@@ -339,11 +349,16 @@ class RegmiPipeline:
         joint_model = self.read_marker("joint")["model"]
         add("joint", "regmi_joint", dump["ground"], dump["aerial"], joint_model)
         add("joint_synthesized", "regmi_joint", dump["synthesized"], dump["aerial"], joint_model)
-        fusion_path = self.read_marker("fusion")["model"]
-        fusion = keras.models.load_model(fusion_path)
-        ground = np.concatenate([dump["ground"], dump["synthesized"]], axis=1)
-        fused = {k: np.asarray(v) for k, v in fusion({"ground": ground, "aerial": dump["aerial"]}).items()}
-        add("fusion", "regmi_fusion", fused["ground"], fused["aerial"], fusion_path)
+        fusion_marker = self.read_marker("fusion")
+        control = fusion_marker.get("control")
+        for name, marker, synthesized in (("fusion", fusion_marker, dump["synthesized"]),
+                                          ("fusion_control", control, np.zeros_like(dump["synthesized"]))):
+            if marker is None:
+                continue
+            fusion = keras.models.load_model(marker["model"])
+            ground = np.concatenate([dump["ground"], synthesized], axis=1)
+            fused = {k: np.asarray(v) for k, v in fusion({"ground": ground, "aerial": dump["aerial"]}).items()}
+            add(name, "regmi_fusion", fused["ground"], fused["aerial"], marker["model"])
         table = {"dataset": self.config.dataset, "split": TEST_SPLIT, "root": self.root,
                  "selection": "test split (as the original)" if self.config.select_on_test
                  else "held-out part of the training split",

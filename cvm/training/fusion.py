@@ -135,8 +135,11 @@ class DescriptorPipeline:
 
     normalize = True  # descriptors need no image normalisation
 
-    def __init__(self, arrays: dict, name: str, dataset: str, seed: int = 0):
-        self.ground = np.concatenate([arrays["ground"], arrays["synthesized"]], axis=1).astype(np.float32)
+    def __init__(self, arrays: dict, name: str, dataset: str, seed: int = 0, without_synthesized: bool = False):
+        synthesized = np.asarray(arrays["synthesized"])
+        if without_synthesized:  # the control: same layers and training, the synthesized half zeroed
+            synthesized = np.zeros_like(synthesized)
+        self.ground = np.concatenate([arrays["ground"], synthesized], axis=1).astype(np.float32)
         self.aerial = np.asarray(arrays["aerial"], np.float32)
         self.index = np.asarray(arrays["index"], np.int64)
         self.seed = int(seed)
@@ -200,11 +203,14 @@ class FusionRun(Run):
         used instead, their other rows are trained on.
       n_train_pairs: size of the training split (for `holdout_rows`; default: max index + 1).
       holdout_seed: the seed the image stages held out with (default config.seed).
+      without_synthesized: the ablation's control: the synthesized-aerial half of the ground input is
+        zeroed in training and validation, so any gain of the real run over this one is the
+        synthesized view's, not the extra linear layer's.
     """
 
     def __init__(self, config: TrainConfig, train_dump: str, val_dump: Optional[str] = None,
                  n_train_pairs: Optional[int] = None, holdout_seed: Optional[int] = None, strategy=None,
-                 progress: bool = True):
+                 progress: bool = True, without_synthesized: bool = False):
         config.validate()
         if config.method != "regmi_fusion":
             raise CvmError(f"the fusion stage trains --method=regmi_fusion, got {config.method!r}")
@@ -244,8 +250,9 @@ class FusionRun(Run):
             self.optimizer = self.trainer.optimizer
             self.optimizer.build(self.encoder.trainable_variables)
         self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
-        self.pipeline = DescriptorPipeline(train, "train", dataset, config.seed)
-        self.val_pipeline = None if val is None else DescriptorPipeline(val, val_name, dataset, config.seed)
+        self.pipeline = DescriptorPipeline(train, "train", dataset, config.seed, without_synthesized)
+        self.val_pipeline = None if val is None else DescriptorPipeline(val, val_name, dataset, config.seed,
+                                                                        without_synthesized)
         self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))

@@ -103,14 +103,14 @@ def test_stages_after_synthesis(world, tmp_path, capsys):
         world, work, "--notwo_stream", "--joint_flag=--epochs=1")))  # the slow test covers the baseline
     table = RegmiPipeline(config).run()
     assert [r["method"] for r in table["rows"]] == ["joint feature learning", "joint: synthesized aerial -> aerial",
-                                                    "feature fusion"]
+                                                    "feature fusion", "fusion without the synthesized view (control)"]
     for row in table["rows"]:
         assert row["n_queries"] == 12 and row["k_1%"] == 1
         assert 0.0 <= row["r@1"] <= row["r@5"] <= row["r@10"] <= 1.0
         assert row["r@1%"] == row["r@1"]  # K = floor(12/100) + 1 = 1
     with open(os.path.join(work, "results", "ablation.json")) as f:
         assert json.load(f)["rows"] == table["rows"]
-    for stage in ("joint", "joint_synthesized", "fusion"):  # the results JSON of each row
+    for stage in ("joint", "joint_synthesized", "fusion", "fusion_control"):  # the results JSON of each row
         results = json.load(open(os.path.join(work, "results", f"{stage}.json")))
         assert results["n_queries"] == 12 and "r@1%_floor_plus_1" in results["metrics"]["ground_to_aerial"]
     assert json.load(open(os.path.join(work, "results", "fusion.json")))["method"] == "regmi_fusion"
@@ -164,7 +164,8 @@ def test_killed_pipeline_resumes_in_the_stage_it_was_in(world, tmp_path, capsys)
         f"{s}.json" for s in ("two_stream", "joint", "dump", "fusion", "evaluate"))
     table = json.load(open(os.path.join(work, "results", "ablation.json")))
     assert [r["method"] for r in table["rows"]] == ["two-stream baseline", "joint feature learning",
-                                                    "joint: synthesized aerial -> aerial", "feature fusion"]
+                                                    "joint: synthesized aerial -> aerial", "feature fusion",
+                                                    "fusion without the synthesized view (control)"]
     assert os.path.isfile(os.path.join(work, "results", "two_stream.json"))
 
 
@@ -201,4 +202,5 @@ def test_full_pipeline_on_the_synthetic_world(tmp_path):
         synthesized = set(os.listdir(os.path.join(work, "synthesized", split)))
         assert synthesized and synthesized <= set(aerials)
     table = json.load(open(os.path.join(work, "results", "ablation.json")))
-    assert [r["method"] for r in table["rows"]][-1] == "feature fusion"
+    assert [r["method"] for r in table["rows"]][-2:] == ["feature fusion",
+                                                         "fusion without the synthesized view (control)"]

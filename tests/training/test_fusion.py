@@ -65,6 +65,12 @@ def test_descriptor_pipeline_order_resume_and_concatenation():
     assert [list(r) for r in resumed] == [list(i) for _, i in full[3:]]
     evaluated = np.concatenate([m["index"].numpy() for _, m in pipeline.eval(10)])
     np.testing.assert_array_equal(evaluated, arrays["index"])
+    # The ablation's control: same rows and order, the synthesized half zeroed.
+    control = DescriptorPipeline(arrays, "train", "toy", seed=3, without_synthesized=True)
+    ground, index = [(f["ground"].numpy(), m["index"].numpy()) for f, m in control.train(5, epochs=2)][4]
+    np.testing.assert_array_equal(index, full[4][1])
+    np.testing.assert_allclose(ground[:, :4], arrays["ground"][order], rtol=1e-6)
+    assert not ground[:, 4:].any()
 
 
 def test_holdout_rows_are_the_image_stages_holdout():
