@@ -181,15 +181,16 @@ def test_pipeline_user_errors(tmp_path):
         stage_config("experiments/regmi_iccv19_joint_cvusa.cfg", ["--no_such_flag=1"])
 
 
-@pytest.mark.slow
 def test_full_pipeline_on_the_synthetic_world(tmp_path):
     """Every stage, the X-Fork GAN included, through the CLI on a tiny synthetic-world dataset."""
     if not os.path.isfile(os.path.join(ROOT, "cvm", "cli", "synthesize.py")):
         pytest.skip("`cvm synthesize` is not in this checkout")
     work = str(tmp_path / "work")
     argv = ["--dataset=synthetic", "--synthetic_pairs=40", f"--work_dir={work}", "--synthesis_batch_size=2",
+            "--synthesis_flag=--preset=pano2aerial_small", "--synthesis_flag=--input_size=16,64",
+            "--synthesis_flag=--target_size=32,32", "--synthesis_flag=--d_layers=2",
             "--synthesis_flag=--epochs=1", "--synthesis_flag=--batch_size=2", "--synthesis_flag=--ngf=4",
-            "--synthesis_flag=--ndf=4", "--synthesis_flag=--image_every_steps=0",
+            "--synthesis_flag=--ndf=4", "--synthesis_flag=--image_every_steps=0", "--synthesis_flag=--nojit_compile",
             *[f"--retrieval_flag={f}" for f in TINY]]
     result = subprocess.run([sys.executable, "-m", "cvm.cli.main", "pipeline", "regmi_iccv19", *argv],
                             capture_output=True, text=True, timeout=1800, cwd=ROOT,
@@ -204,3 +205,46 @@ def test_full_pipeline_on_the_synthetic_world(tmp_path):
     table = json.load(open(os.path.join(work, "results", "ablation.json")))
     assert [r["method"] for r in table["rows"]][-2:] == ["feature fusion",
                                                          "fusion without the synthesized view (control)"]
+
+
+def ucfop_copy(root, out):
+    """The CVUSA-layout world rewritten in UCF-OP's layout (split text files, <lat>_<lon>[_nadir].png names)."""
+    lines = {"train": [], "test": []}
+    for split, csv_name in (("train", "train-19zl.csv"), ("test", "val-19zl.csv")):
+        with open(os.path.join(root, "splits", csv_name)) as f:
+            for i, row in enumerate(csv.reader(f)):
+                lat, lon = 28.5 + 1e-3 * i + (0.5 if split == "test" else 0.0), -81.3 - 1e-3 * i
+                aerial, ground = f"aerial/{lat:.4f}_{lon:.4f}_nadir.png", f"ground/{lat:.6f}_{lon:.6f}.png"
+                for rel, src in ((aerial, row[0]), (ground, row[1])):
+                    os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+                    cv2.imwrite(os.path.join(out, rel), cv2.imread(os.path.join(root, src)))
+                lines[split].append(f"{aerial},{ground},unused/{i}.png,{ground}" if split == "train"
+                                    else f"{aerial},{ground}")
+    os.makedirs(os.path.join(out, "splits"))
+    for split, rows in lines.items():
+        with open(os.path.join(out, "splits", f"{split}_split.txt"), "w") as f:
+            f.write("\n".join(rows) + "\n")
+    return out
+
+
+def test_full_pipeline_on_ucfop_through_its_adapter(world, tmp_path):
+    """UCF-OP (no segmentation maps) through every stage, the X-Fork GAN and `cvm synthesize` included."""
+    root = ucfop_copy(world[0], str(tmp_path / "UCF-OP"))
+    work = str(tmp_path / "work")
+    argv = ["--flagfile=experiments/regmi_iccv19_ucfop.cfg", f"--root={root}", f"--work_dir={work}",
+            "--synthesis_batch_size=4", "--synthesis_flag=--preset=pano2aerial_small",
+            "--synthesis_flag=--input_size=16,64", "--synthesis_flag=--target_size=32,32",
+            "--synthesis_flag=--epochs=1", "--synthesis_flag=--batch_size=4", "--synthesis_flag=--ngf=4",
+            "--synthesis_flag=--ndf=4", "--synthesis_flag=--d_layers=2", "--synthesis_flag=--image_every_steps=0",
+            "--synthesis_flag=--nojit_compile", "--notwo_stream", "--fusion_flag=--epochs=2",
+            *[f"--retrieval_flag={f}" for f in TINY]]
+    result = subprocess.run([sys.executable, "-m", "cvm.cli.main", "pipeline", "regmi_iccv19", *argv],
+                            capture_output=True, text=True, timeout=900, cwd=ROOT,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT))
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    for split, expected in (("train", 36), ("val", 12)):
+        names = sorted(os.listdir(os.path.join(work, "synthesized", split)))
+        assert len(names) == expected and all(n.endswith("_nadir.png") for n in names)
+        assert cv2.imread(os.path.join(work, "synthesized", split, names[0])).shape == (32, 32, 3)
+    table = json.load(open(os.path.join(work, "results", "ablation.json")))
+    assert table["dataset"] == "ucfop" and [r["n_queries"] for r in table["rows"]] == [12] * 4
