@@ -13,7 +13,7 @@ import dataclasses
 
 from absl import flags
 
-from cvm.cli import train_flags
+from cvm.cli import flag_table, train_flags
 from cvm.training.synthesis_config import SynthesisConfig
 
 _DEFAULTS = SynthesisConfig()
@@ -57,21 +57,7 @@ assert not set(FIELDS) & set(train_flags.FIELDS), "synthesis-only flags must not
 
 def define_flags(flag_values=flags.FLAGS) -> None:
     """Define the synthesis-only flags (the shared ones come from train_flags.define_flags)."""
-    for name, (kind, help_text) in FIELDS.items():
-        default = getattr(_DEFAULTS, name)
-        fv = {"flag_values": flag_values}
-        if isinstance(kind, tuple):
-            flags.DEFINE_enum(name, default, kind[1], help_text, **fv)
-        elif kind == "bool":
-            flags.DEFINE_boolean(name, default, help_text, **fv)
-        elif kind == "int":
-            flags.DEFINE_integer(name, default, help_text, **fv)
-        elif kind == "float":
-            flags.DEFINE_float(name, default, help_text, **fv)
-        elif kind == "size":
-            flags.DEFINE_list(name, None if default is None else [str(v) for v in default], help_text, **fv)
-        else:
-            flags.DEFINE_string(name, default, help_text, **fv)
+    flag_table.define_fields(FIELDS, _DEFAULTS, flag_values, __name__)
 
 
 def _kind(name):
@@ -85,30 +71,16 @@ def config_from_flags(flag_values) -> SynthesisConfig:
         name = field.name
         if name in SHARED and not flag_values[name].present:
             continue  # the synthesis default, not the retrieval quickstart's
-        value = getattr(flag_values, name)
-        kind = _kind(name)
-        if kind == "size":
-            value = tuple(int(v) for v in value) if value else None
-        elif kind == "str" and value == "":
-            value = None
-        values[name] = value
+        # An empty string is None for every field here (unlike train_flags, which keeps "" where the
+        # retrieval default is a string).
+        values[name] = flag_table.parse_value(_kind(name), getattr(flag_values, name), empty_is_none=True)
     return SynthesisConfig(**values)
 
 
 def flagfile_text(config: SynthesisConfig) -> str:
     """The config as a flagfile (`cvm train --flagfile MODEL_DIR/flags.cfg` reruns it)."""
-    lines = []
-    for field in dataclasses.fields(SynthesisConfig):
-        name, value = field.name, getattr(config, field.name)
-        kind = _kind(name)
-        if kind == "bool":
-            lines.append(f"--{name}" if value else f"--no{name}")
-        elif value is None:
-            if kind in ("str", "size") and name in SHARED:
-                lines.append(f"--{name}=")
-            # None synthesis fields and None shared ints are the defaults: leaving them out keeps them.
-        elif kind == "size":
-            lines.append(f"--{name}={','.join(str(v) for v in value)}")
-        else:
-            lines.append(f"--{name}={value}")
-    return "\n".join(lines) + "\n"
+    # A None str/size field is written `--name=` only when it is shared: there it overrides the
+    # retrieval default. None synthesis fields and None shared ints are the defaults: leaving them
+    # out keeps them.
+    return flag_table.flagfile_text((field.name, _kind(field.name), getattr(config, field.name), field.name in SHARED)
+                                    for field in dataclasses.fields(SynthesisConfig))

@@ -6,6 +6,7 @@ import dataclasses
 
 from absl import flags
 
+from cvm.cli import flag_table
 from cvm.training.config import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -96,54 +97,21 @@ FIELDS = {
 assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field needs a flag"
 
 
-def _size_text(value):
-    return None if value is None else ",".join(str(v) for v in value)
-
-
 def define_flags(flag_values=flags.FLAGS) -> None:
     """Define one absl flag per TrainConfig field, defaulting to the quickstart."""
-    for name, (kind, help_text) in FIELDS.items():
-        default = getattr(_DEFAULTS, name)
-        fv = {"flag_values": flag_values}
-        if isinstance(kind, tuple):
-            flags.DEFINE_enum(name, default, kind[1], help_text, **fv)
-        elif kind == "bool":
-            flags.DEFINE_boolean(name, default, help_text, **fv)
-        elif kind == "int":
-            flags.DEFINE_integer(name, default, help_text, **fv)
-        elif kind == "float":
-            flags.DEFINE_float(name, default, help_text, **fv)
-        elif kind == "size":
-            flags.DEFINE_list(name, _size_text(default), help_text, **fv)
-        else:
-            flags.DEFINE_string(name, default, help_text, **fv)
+    flag_table.define_fields(FIELDS, _DEFAULTS, flag_values, __name__)
 
 
 def config_from_flags(flag_values) -> TrainConfig:
-    values = {}
-    for name, (kind, _) in FIELDS.items():
-        value = getattr(flag_values, name)
-        if kind == "size":
-            value = tuple(int(v) for v in value) if value else None
-        elif kind == "str" and value == "":
-            value = None if getattr(_DEFAULTS, name) is None else value
-        values[name] = value
-    return TrainConfig(**values)
+    # "" means None only for the fields whose default is None (e.g. --weights= : random init).
+    return TrainConfig(**{name: flag_table.parse_value(kind, getattr(flag_values, name),
+                                                       empty_is_none=getattr(_DEFAULTS, name) is None)
+                          for name, (kind, _) in FIELDS.items()})
 
 
 def flagfile_text(config: TrainConfig) -> str:
     """The config as a flagfile (`cvm train --flagfile model_dir/flags.cfg` reruns it)."""
-    lines = []
-    for name, (kind, _) in FIELDS.items():
-        value = getattr(config, name)
-        if kind == "bool":
-            lines.append(f"--{name}" if value else f"--no{name}")
-        elif value is None:
-            if kind in ("str", "size"):
-                lines.append(f"--{name}=")
-            # None ints/floats are the defaults (no cap, no mask): leaving them out keeps them.
-        elif kind == "size":
-            lines.append(f"--{name}={_size_text(value)}")
-        else:
-            lines.append(f"--{name}={value}")
-    return "\n".join(lines) + "\n"
+    # None str/size fields are written `--name=`; None ints/floats are the defaults (no cap, no
+    # mask), so leaving them out keeps them.
+    return flag_table.flagfile_text((name, kind, getattr(config, name), True)
+                                    for name, (kind, _) in FIELDS.items())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Optional, Self
 
 from cvm.data import augment as augment_lib
 from cvm.data import images
@@ -18,8 +18,48 @@ from cvm.errors import CvmError
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
+class ModelDirConfig:
+    """MODEL_DIR/config.json of a dataclass config: to_json, save and load (TrainConfig, SynthesisConfig).
+
+    A subclass names its size fields (JSON turns their tuples into lists; load turns them back), the
+    `cvm train` command that makes such a model_dir (for the error of a missing config.json), and
+    may check the values read (_check_loaded). load ignores keys the class no longer has.
+    """
+
+    _SIZE_FIELDS = ()
+    _TRAIN_COMMAND = "cvm train --model_dir ..."
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    def save(self, model_dir: str) -> None:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, "config.json"), "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, model_dir: str) -> Self:
+        path = os.path.join(model_dir, "config.json")
+        if not os.path.isfile(path):
+            raise CvmError(f"{path} not found: {model_dir} is not a cvm model_dir (run `{cls._TRAIN_COMMAND}` "
+                           "first)")
+        with open(path) as f:
+            values = json.load(f)
+        cls._check_loaded(values, model_dir)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in cls._SIZE_FIELDS:
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def _check_loaded(cls, values: dict, model_dir: str) -> None:
+        """Raise CvmError if the config.json values of model_dir are not a run of this kind (default: any)."""
+
+
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(ModelDirConfig):
+    _SIZE_FIELDS = ("ground_size", "aerial_size")  # a class attribute (no annotation), not a field
     # Model (cvm.models.build_model options).
     method: str = "cvm_net_i"
     keep_prob: float = 1.0  # the quickstart's 1/8-width tower learns nothing through 20% dropout
@@ -140,25 +180,3 @@ class TrainConfig:
         if self.fov_deg >= 360.0 and not self.azimuth_shift:
             return None
         return augment_lib.AugmentSpec(fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    def save(self, model_dir: str) -> None:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(os.path.join(model_dir, "config.json"), "w") as f:
-            f.write(self.to_json())
-
-    @classmethod
-    def load(cls, model_dir: str) -> "TrainConfig":
-        path = os.path.join(model_dir, "config.json")
-        if not os.path.isfile(path):
-            raise CvmError(f"{path} not found: {model_dir} is not a cvm model_dir (run `cvm train "
-                           "--model_dir ...` first)")
-        with open(path) as f:
-            values = json.load(f)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in ("ground_size", "aerial_size"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**{k: v for k, v in values.items() if k in known})

@@ -9,13 +9,11 @@ saves (config.json, flags.cfg) and uses.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Optional
 
 from cvm.data.synthesis import DATASETS
 from cvm.errors import CvmError
-from cvm.training.config import PRECISIONS
+from cvm.training.config import PRECISIONS, ModelDirConfig
 
 # Method -> the Torch script's settings (seeds.md §3.1, §4).
 #   xfork      train_fork.lua: batch 1, niter 35, lambda 100 on the image and on the segmentation L1
@@ -45,7 +43,10 @@ def _size(value):
 
 
 @dataclasses.dataclass
-class SynthesisConfig:
+class SynthesisConfig(ModelDirConfig):
+    # Class attributes (no annotation), not fields: ModelDirConfig's config.json handling.
+    _SIZE_FIELDS = ("input_size", "target_size", "load_size", "crop_size", "homography_size")
+    _TRAIN_COMMAND = "cvm train --method xfork --model_dir ..."
     # Model.
     method: str = "xfork"
     ngf: int = 64
@@ -162,29 +163,10 @@ class SynthesisConfig:
                            "e.g. borji64)")
         return dataclasses.replace(spec, **changes)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    def save(self, model_dir: str) -> None:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(os.path.join(model_dir, "config.json"), "w") as f:
-            f.write(self.to_json())
-
     @classmethod
-    def load(cls, model_dir: str) -> "SynthesisConfig":
-        path = os.path.join(model_dir, "config.json")
-        if not os.path.isfile(path):
-            raise CvmError(f"{path} not found: {model_dir} is not a cvm model_dir (run `cvm train --method xfork "
-                           "--model_dir ...` first)")
-        with open(path) as f:
-            values = json.load(f)
+    def _check_loaded(cls, values: dict, model_dir: str) -> None:
         if not is_synthesis_method(values.get("method")):
             raise CvmError(f"{model_dir} holds a {values.get('method')!r} run, not a synthesis GAN")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in ("input_size", "target_size", "load_size", "crop_size", "homography_size"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def _check_sizes(method, input_size, target_size, d_layers=None) -> None:

@@ -1,9 +1,10 @@
 """The Regmi & Shah ICCV 2019 pipeline: flagfiles, stages after synthesis, kill -9 and resume, full run.
 
-The default-suite tests start from synthesized aerials made by a cheap stand-in for the X-Fork GAN:
+The in-process stage tests start from synthesized aerials made by a cheap stand-in for the X-Fork GAN:
 each pair's real aerial reduced to 16x16 and blown back up, plus seeded noise. Like a GAN output it
 is a blurred, noisy estimate of the true aerial, correlated with its pair and not equal to it, so
-every stage after synthesis runs on data of the right kind; training the GAN itself is the slow test.
+every stage after synthesis runs on data of the right kind. The two full runs (synthetic world,
+UCF-OP) go through the CLI with a tiny X-Fork GAN and `cvm synthesize`.
 """
 
 import csv
