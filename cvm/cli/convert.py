@@ -1,6 +1,10 @@
 """cvm convert: load the authors' released TF1 checkpoints into cvm models (.keras files).
 
   cvm convert --tf1_checkpoint Model/CVM-Net-I/10/model.ckpt --method cvm_net_i --out cvm_net_i.keras
+  cvm convert --tf1_checkpoint Model/trained_model/CVUSA/CVFT/model.ckpt --method cvft --out cvft.keras
+
+Methods: cvm_net_i, cvm_net_ii (crossview_localisation), cvft, cvft_vgg_conv, cvft_vgg_gp (CVFT's ot_net.py),
+safa (SAFA's spatial_net.py), regmi_two_stream, regmi_joint, regmi_fusion (cross-view-image-matching).
 
 Variables are matched by their original names (VGG_grd/conv1_1/weights, netvlad_grd/cluster_weights,
 dim_reduction/..., ...); optimizer slots are ignored; any other missing or unexpected variable is an

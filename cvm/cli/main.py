@@ -11,14 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # verb -> (module, one-line description). Importing only the chosen verb keeps its flags alone.
 VERBS = {
-    "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder)"),
+    "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder), polar "
+                            "(precompute SAFA polar maps)"),
     "train": ("cvm.cli.train", "train or resume a retrieval model (no flags: the synthetic-world quickstart) "
                                "or a synthesis GAN (--method xfork, xseq, ...)"),
     "synthesize": ("cvm.cli.synthesize", "write generated images of a trained synthesis GAN for a split (resumable)"),
     "eval": ("cvm.cli.eval", "evaluate a trained model: recall@K / top-1% JSON, recall curve, retrieval grid"),
     "eval-synthesis": ("cvm.cli.eval_synthesis", "SSIM / PSNR / sharpness and classifier agreement of generated images"),
     "export": ("cvm.cli.export", "export a trained model as a SavedModel (ground/aerial endpoints, uint8 in)"),
-    "convert": ("cvm.cli.convert", "convert the authors' TF1 checkpoints (CVM-Net-I/II) into .keras files"),
+    "convert": ("cvm.cli.convert", "convert the authors' TF1 checkpoints (CVM-Net, CVFT, SAFA, Regmi) into .keras files"),
     "pipeline": ("cvm.cli.pipeline", "run a multi-stage paper experiment, resumable (regmi_iccv19)"),
 }
 
