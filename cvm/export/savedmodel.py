@@ -5,7 +5,8 @@ Preprocessing happens inside the graph, so a serving client sends decoded images
 channel order -> Caffe mean -> encoder -> L2 normalisation. The resize is TensorFlow's "area"
 resize, which equals OpenCV's INTER_AREA for integer down-scaling factors and differs slightly
 otherwise; an image already at the model's size goes through unchanged, so it gives exactly the
-descriptors of the Keras model on the pipeline's input.
+descriptors of the Keras model on the pipeline's input. A polar-aerial model (SAFA) takes the
+full-resolution square aerial and computes the polar map in the graph, pixel for pixel as the pipeline.
 """
 
 from __future__ import annotations
@@ -15,11 +16,50 @@ import os
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cvm.data.images import ImageSpec
 from cvm.data.pipeline import normalise_batch
 from cvm.errors import CvmError
+
+
+def polar_transform_tf(images, height: int, width: int, stretch: bool):
+    """SAFA's polar map (cvm.data.polar.polar_transform) in TensorFlow, for serving graphs.
+
+    images: uint8 [B, S, S, C] square aerials of any size S. Computed in float64 with the same
+    expressions, truncations and zero-outside corners as the NumPy version, then rounded (or min-max
+    stretched per image, `scipy.misc.bytescale`) to uint8 values, so the two agree pixel for pixel.
+    """
+    x = tf.cast(images, tf.float64)
+    size = tf.shape(x)[1]
+    s = tf.cast(size, tf.float64)
+    i = tf.range(height, dtype=tf.float64)[:, None]
+    j = tf.range(width, dtype=tf.float64)[None, :]
+    angle = 2 * np.pi * j / width
+    ry = s / 2. - s / 2. / height * (height - 1 - i) * tf.sin(angle)  # source column
+    rx = s / 2. + s / 2. / height * (height - 1 - i) * tf.cos(angle)  # source row
+    ix0, iy0 = tf.cast(rx, tf.int32), tf.cast(ry, tf.int32)  # truncation (coordinates are positive)
+    ix1, iy1 = ix0 + 1, iy0 + 1
+
+    def corner(cx, cy):
+        valid = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
+        flat = tf.reshape(tf.where(valid, cx * size + cy, 0), [-1])
+        values = tf.gather(tf.reshape(x, [tf.shape(x)[0], size * size, -1]), flat, axis=1)
+        mask = tf.cast(tf.reshape(valid, [1, -1, 1]), tf.float64)
+        return tf.reshape(values * mask, [tf.shape(x)[0], height, width, -1])
+
+    wx0, wx1 = (tf.cast(ix1, tf.float64) - rx)[..., None], (rx - tf.cast(ix0, tf.float64))[..., None]
+    wy0, wy1 = (tf.cast(iy1, tf.float64) - ry)[..., None], (ry - tf.cast(iy0, tf.float64))[..., None]
+    fx1 = wx0 * corner(ix0, iy0) + wx1 * corner(ix1, iy0)
+    fx2 = wx0 * corner(ix0, iy1) + wx1 * corner(ix1, iy1)
+    polar = wy0 * fx1 + wy1 * fx2
+    if stretch:
+        cmin = tf.reduce_min(polar, axis=[1, 2, 3], keepdims=True)
+        cmax = tf.reduce_max(polar, axis=[1, 2, 3], keepdims=True)
+        scale = tf.where(cmax > cmin, cmax - cmin, tf.ones_like(cmax))
+        return tf.floor(tf.clip_by_value((polar - cmin) * (255.0 / scale), 0.0, 255.0) + 0.5)
+    return tf.clip_by_value(tf.floor(polar + 0.5), 0.0, 255.0)
 
 
 def _preprocess(images, size, spec: ImageSpec, input_order: str, rows: Optional[tuple]):
@@ -57,9 +97,6 @@ def export_savedmodel(encoder, spec: ImageSpec, out_dir: str, input_order: str =
     """
     if input_order not in ("rgb", "bgr"):
         raise CvmError(f"--input_order must be rgb or bgr, got {input_order!r}")
-    if spec.aerial_polar:
-        raise CvmError("exporting a polar-aerial model is not supported yet: the polar transform runs in "
-                       "OpenCV; export a model trained on plain aerial images")
     ground_size = (spec.ground_size[0], ground_width or spec.ground_size[1])
     aerial_size = tuple(spec.aerial_size)
     image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -69,7 +106,11 @@ def export_savedmodel(encoder, spec: ImageSpec, out_dir: str, input_order: str =
         return tf.math.l2_normalize(tf.cast(encoder.encode_ground(x, training=False), tf.float32), axis=-1)
 
     def aerial_fn(images):
-        x = _preprocess(images, aerial_size, spec, input_order, None)
+        if spec.aerial_polar:  # the full-resolution square aerial in, SAFA's polar map computed in the graph
+            polar = polar_transform_tf(images, aerial_size[0], aerial_size[1], spec.polar_stretch)
+            x = _preprocess(polar, None, spec, input_order, None)
+        else:
+            x = _preprocess(images, aerial_size, spec, input_order, None)
         return tf.math.l2_normalize(tf.cast(encoder.encode_aerial(x, training=False), tf.float32), axis=-1)
 
     archive = keras.export.ExportArchive()
