@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import cv2
 
+from cvm.data.parallel import progress_bar
 from cvm.data.polar import POLAR_HEIGHT, POLAR_WIDTH, polar_transform
 from cvm.data.records import read_bgr, unreadable_reason
 from cvm.errors import CvmError
@@ -206,7 +207,7 @@ def precompute_polar(dataset: str, root: str, out_dir: Optional[str] = None, spl
         _copy_act_data(root, summary.out_dir, options.get("mat_path"))
     tasks = [(kind, source, target, int(height), int(width), bool(stretch)) for kind, source, target in jobs]
     workers = max(1, min(int(workers or os.cpu_count() or 1), max(1, len(tasks))))
-    bar = _progress(len(tasks), f"polar {dataset}", progress)
+    bar = progress_bar(len(tasks), f"polar {dataset}", "img", progress)
 
     def consume(results):
         for status, source, reason in results:
@@ -239,19 +240,3 @@ def _copy_act_data(root: str, out_dir: str, mat_path: Optional[str]) -> None:
         os.makedirs(out_dir, exist_ok=True)
         shutil.copyfile(source, target + ".tmp")
         os.replace(target + ".tmp", target)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if enabled:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit="img")
-
-    class _Silent:
-        def update(self, n=1):
-            pass
-
-        def close(self):
-            pass
-
-    return _Silent()

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import scipy.io
 
+from cvm.data.parallel import progress_bar
 from cvm.data.synthetic.dataset import AERIAL_EXTENT_M, colour_segmap, shared_world, split_counts
 from cvm.data.synthetic.render import render_aerial, render_panorama
 from cvm.data.synthetic.world import World, world_size_for
@@ -165,7 +166,7 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
     # Threads: cv2 (remap, resize, JPEG encoding) and numpy's large-array kernels release the GIL,
     # and threads share the one world instead of generating it per process.
     workers = max(1, int(workers if workers is not None else min(os.cpu_count() or 1, 8)))
-    bar = _progress(pairs, f"synthetic {layout}", progress)
+    bar = progress_bar(pairs, f"synthetic {layout}", "pair", progress)
     try:
         if workers == 1:
             for i in range(pairs):
@@ -189,19 +190,3 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
         write_act_data(os.path.join(out_dir, "ACT_data.mat"), names, locations, n_train)
     return {"layout": layout, "pairs": pairs, "train": n_train, "val": n_val, "out_dir": os.path.abspath(out_dir),
             "segmaps": segmaps, "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    """A tqdm bar, or a no-op stand-in when disabled."""
-    if enabled:
-        from tqdm import tqdm
-        return tqdm(total=total, desc=desc, unit="pair")
-
-    class _Silent:
-        def update(self, n=1):
-            pass
-
-        def close(self):
-            pass
-
-    return _Silent()
