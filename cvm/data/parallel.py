@@ -6,21 +6,9 @@ tasks) and the synthetic writer threads (one shared world, closures), so each ke
 
 from __future__ import annotations
 
-
-class _SilentBar:
-    """The part of tqdm's interface the writers use, doing nothing (progress disabled)."""
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
+from tqdm import tqdm
 
 
-def progress_bar(total: int, desc: str, unit: str, enabled: bool):
-    """A tqdm bar of `total` units, or a no-op stand-in when disabled (tqdm is then not imported)."""
-    if enabled:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit=unit)
-    return _SilentBar()
+def progress_bar(total: int, desc: str, unit: str, enabled: bool) -> tqdm:
+    """A tqdm bar of `total` units; with `enabled` False it accepts update()/close() and prints nothing."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled)
