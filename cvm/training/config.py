@@ -23,7 +23,7 @@ class ModelDirConfig:
 
     A subclass names its size fields (JSON turns their tuples into lists; load turns them back), the
     `cvm train` command that makes such a model_dir (for the error of a missing config.json), and
-    may check the values read (_check_loaded). load ignores keys the class no longer has.
+    check the values read (_check_loaded: a run of the other kind is refused). load ignores keys the class no longer has.
     """
 
     _SIZE_FIELDS = ()
@@ -51,10 +51,6 @@ class ModelDirConfig:
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**{k: v for k, v in values.items() if k in known})
-
-    @classmethod
-    def _check_loaded(cls, values: dict, model_dir: str) -> None:
-        """Raise CvmError if the config.json values of model_dir are not a run of this kind (default: any)."""
 
 
 @dataclasses.dataclass
@@ -152,6 +148,14 @@ class TrainConfig(ModelDirConfig):
     def split_options(self) -> dict:
         """Adapter options of the config (cvm.data.load_split **options)."""
         return {"aerial": "polar"} if self.precomputed_polar else {}
+
+    @classmethod
+    def _check_loaded(cls, values: dict, model_dir: str) -> None:
+        from cvm.training.synthesis_config import is_synthesis_method
+
+        if is_synthesis_method(values.get("method")):
+            raise CvmError(f"{model_dir} holds a synthesis GAN run ({values.get('method')}), not a retrieval model: "
+                           f"use `cvm synthesize --model_dir {model_dir} ... --metrics` or `cvm eval-synthesis`")
 
     def image_spec(self) -> images.ImageSpec:
         """The preset's sizes, overridden by explicit --ground_size / --aerial_size / --aerial_polar."""

@@ -319,3 +319,16 @@ def test_xseq_step_equals_train_seq_order_computed_by_hand():
         for role, model in a[group].items():
             for va, vb in zip(model.variables, b[group][role].variables):
                 np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-3, atol=2e-5, err_msg=va.path)
+
+
+def test_a_model_dir_is_loaded_only_as_its_own_kind(tmp_path):
+    from cvm.training.config import TrainConfig
+
+    SynthesisConfig(method="xfork", model_dir=str(tmp_path / "gan")).save(str(tmp_path / "gan"))
+    TrainConfig(model_dir=str(tmp_path / "retrieval")).save(str(tmp_path / "retrieval"))
+    assert SynthesisConfig.load(str(tmp_path / "gan")).method == "xfork"
+    assert TrainConfig.load(str(tmp_path / "retrieval")).method == "cvm_net_i"
+    with pytest.raises(CvmError, match="cvm synthesize"):
+        TrainConfig.load(str(tmp_path / "gan"))
+    with pytest.raises(CvmError, match="not a synthesis GAN"):
+        SynthesisConfig.load(str(tmp_path / "retrieval"))
