@@ -24,8 +24,7 @@ from cvm.data import holdout
 from cvm.errors import CvmError
 from cvm.training.checkpoints import CheckpointManager
 from cvm.training.config import TrainConfig
-from cvm.training.distribute import is_chief, make_strategy
-from cvm.training.loop import Run, build_loss, set_precision
+from cvm.training.loop import Run, build_loss
 from cvm.training.optimizers import FusedAdam
 from cvm.training.retrieval import RetrievalTrainer
 
@@ -211,20 +210,9 @@ class FusionRun(Run):
     def __init__(self, config: TrainConfig, train_dump: str, val_dump: Optional[str] = None,
                  n_train_pairs: Optional[int] = None, holdout_seed: Optional[int] = None, strategy=None,
                  progress: bool = True, without_synthesized: bool = False):
-        config.validate()
         if config.method != "regmi_fusion":
             raise CvmError(f"the fusion stage trains --method=regmi_fusion, got {config.method!r}")
-        self.config = config
-        self.strategy = strategy or make_strategy(config.strategy)
-        self.chief = is_chief(self.strategy)
-        self.progress = progress and self.chief
-        self.model_dir = config.model_dir
-        os.makedirs(self.model_dir, exist_ok=True)
-        self._check_previous_config()
-        if self.chief:
-            config.save(self.model_dir)
-        set_precision(config.precision)
-        keras.utils.set_random_seed(config.seed)
+        self._open_model_dir(config, strategy, progress)
 
         train = load_dump(train_dump)
         val = None

@@ -20,11 +20,9 @@ two-stream baseline (`regmi_two_stream`) with the plain loss.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -35,8 +33,7 @@ from cvm.data.records import read_bgr
 from cvm.errors import CvmError
 from cvm.training.checkpoints import CheckpointManager
 from cvm.training.config import TrainConfig
-from cvm.training.distribute import is_chief, make_strategy
-from cvm.training.loop import Run, build_loss, load_splits, set_precision
+from cvm.training.loop import Run, build_loss, load_splits
 from cvm.training.optimizers import FusedAdam
 from cvm.training.retrieval import RetrievalTrainer, _gather
 
@@ -242,27 +239,9 @@ class JointRun(Run):
             raise CvmError("regmi_joint trains on three views: pass the folder of synthesized training aerials")
         if config.method == "regmi_two_stream" and synthesized_dir:
             raise CvmError("regmi_two_stream has no synthesized-aerial stream: use --method=regmi_joint")
-        self.config = config
-        self.strategy = strategy or make_strategy(config.strategy)
-        self.chief = is_chief(self.strategy)
-        self.progress = progress and self.chief
-        self.model_dir = config.model_dir
-        os.makedirs(self.model_dir, exist_ok=True)
-        self._check_previous_config()
         joint = {"synthesized_dir": synthesized_dir, "ground_weight": float(ground_weight),
                  "synthesized_weight": float(synthesized_weight), "synthesized_zoom": bool(synthesized_zoom)}
-        if self.chief:
-            config.save(self.model_dir)
-            with open(os.path.join(self.model_dir, "joint.json"), "w") as f:
-                json.dump(joint, f, indent=1)
-
-        set_precision(config.precision)
-        keras.utils.set_random_seed(config.seed)
-        if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        if config.batch_size % self.strategy.num_replicas_in_sync:
-            raise CvmError(f"--batch_size {config.batch_size} must be divisible by the "
-                           f"{self.strategy.num_replicas_in_sync} replicas")
+        self._open_model_dir(config, strategy, progress, extra={"joint": joint})
         spec = config.image_spec()
         with self.strategy.scope():
             self.encoder = build_regmi_model(config)

@@ -81,24 +81,7 @@ class Run:
 
     def __init__(self, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
                  progress: bool = True):
-        config.validate()
-        self.config = config
-        self.strategy = strategy or make_strategy(config.strategy)
-        self.chief = is_chief(self.strategy)
-        self.progress = progress and self.chief
-        self.model_dir = config.model_dir
-        os.makedirs(self.model_dir, exist_ok=True)
-        self._check_previous_config()
-        if self.chief:
-            config.save(self.model_dir)
-
-        set_precision(config.precision)
-        keras.utils.set_random_seed(config.seed)
-        if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        replicas = self.strategy.num_replicas_in_sync
-        if config.batch_size % replicas:
-            raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
+        self._open_model_dir(config, strategy, progress)
         with self.strategy.scope():
             self.encoder = build_encoder(config)  # registered models create their variables when built
             self.trainer = RetrievalTrainer(self.encoder, build_loss(config), image_spec=config.image_spec())
@@ -124,6 +107,30 @@ class Run:
         self._writers = {}
 
     # --- set-up helpers -------------------------------------------------------------------------
+    def _open_model_dir(self, config: TrainConfig, strategy, progress: bool, extra: Optional[dict] = None) -> None:
+        """What every trainer of a model_dir does first: validate, refuse a run with other settings, save
+        config.json (and `extra` as <name>.json), set the precision policy and the seeds."""
+        config.validate()
+        self.config = config
+        self.strategy = strategy or make_strategy(config.strategy)
+        self.chief = is_chief(self.strategy)
+        self.progress = progress and self.chief
+        self.model_dir = config.model_dir
+        os.makedirs(self.model_dir, exist_ok=True)
+        self._check_previous_config()
+        if self.chief:
+            config.save(self.model_dir)
+            for name, values in (extra or {}).items():
+                with open(os.path.join(self.model_dir, f"{name}.json"), "w") as f:
+                    json.dump(values, f, indent=1)
+        set_precision(config.precision)
+        keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
+
     def _check_previous_config(self) -> None:
         path = os.path.join(self.model_dir, "config.json")
         if not os.path.isfile(path):
