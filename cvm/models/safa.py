@@ -17,7 +17,7 @@ from cvm.models.netvlad import l2_normalize
 from cvm.models.registry import register
 from cvm.models.vgg import VGG16Tower, conv_initializers, load_vgg16_weights
 
-# Input sizes of the original (SAFA `train_cvusa.py` placeholders): 112x616 panorama and polar aerial;
+# Input sizes of the original (the tensor shapes SAFA's `train_cvusa.py` feeds): 112x616 panorama and polar aerial;
 # the non-polar aerial is 256x256.
 PANORAMA_SIZE = (112, 616)
 POLAR_SIZE = (112, 616)
