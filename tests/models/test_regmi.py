@@ -101,7 +101,7 @@ def test_fusion_matches_numpy_and_checks_dims(tmp_path):
     for view, x, fc in (("ground", ground, model.ground_fc), ("aerial", aerial, model.aerial_fc)):
         y = x @ np.asarray(fc.kernel) + np.asarray(fc.bias)
         np.testing.assert_allclose(np.asarray(out[view]), y / np.linalg.norm(y, axis=1, keepdims=True), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(model.ground_fc.bias), 0.01)  # the original's fusion bias
+    np.testing.assert_array_equal(np.asarray(model.ground_fc.bias), np.float32(0.01))  # stored constant: exact
     with pytest.raises(CvmError, match="input_dim=6"):
         model({"ground": aerial, "aerial": aerial})
     path = str(tmp_path / "fusion.keras")
