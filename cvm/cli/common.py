@@ -24,14 +24,20 @@ def print_help(prog: str, doc: str, modules) -> None:
     print("Flags can be given in a --flagfile (one --flag=value per line); later flags override it.")
 
 
-def run_app(prog: str, argv, main, doc: str, modules) -> None:
-    """absl app.run with cvm's help and error conventions."""
+def run_app(prog: str, argv, main, doc: str, modules, check=None) -> None:
+    """absl app.run with cvm's help and error conventions.
+
+    check(FLAGS, args), run before main, raises a CvmError for flags the run would not use
+    (cvm.cli.flag_use).
+    """
     if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
         print_help(prog, doc, list(modules) + [__name__])
         sys.exit(0)
 
     def guarded(args):
         try:
+            if check is not None:
+                check(FLAGS, args)
             return main(args)
         except CvmError as exc:
             if FLAGS.verbose:

@@ -8,7 +8,7 @@ safa (SAFA's spatial_net.py), regmi_two_stream, regmi_joint, regmi_fusion (cross
 
 Variables are matched by their original names (VGG_grd/conv1_1/weights, netvlad_grd/cluster_weights,
 dim_reduction/..., ...); optimizer slots are ignored; any other missing or unexpected variable is an
-error that lists them. The .keras file reloads with keras.models.load_model after `import cvm`.
+error that lists them. The .keras file reloads with keras.models.load_model after `import cvm.models`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,19 @@ flags.DEFINE_string("out", None, "Output .keras file.")
 flags.DEFINE_float("keep_prob", 0.8, "Dropout keep probability stored in the model (training only).")
 
 FLAGS = flags.FLAGS
+
+
+def check_flags(fv, argv) -> None:
+    """Refuse flags this conversion would not use (cvm.cli.flag_use)."""
+    from cvm.cli import flag_use
+    from cvm.models import available_methods, builder_options
+
+    if fv.method not in available_methods():
+        return  # main lists the valid methods
+    unused = {}
+    if "keep_prob" not in builder_options(fv.method):
+        unused["keep_prob"] = f"the model of --method {fv.method} has no keep_prob option"
+    flag_use.check_verb(fv, unused, [__name__], f"cvm convert --method {fv.method}")
 
 
 def main(argv) -> int:
@@ -46,4 +59,4 @@ def main(argv) -> int:
 
 
 def run(argv) -> None:
-    common.run_app("cvm convert", argv, main, __doc__, [__name__])
+    common.run_app("cvm convert", argv, main, __doc__, [__name__], check=check_flags)

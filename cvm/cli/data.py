@@ -5,7 +5,11 @@
       (JPEGs at the official sizes, split CSVs or ACT_data.mat), so the real adapters can read it;
       cvusa also gets colour segmentation maps of both views (--nosegmaps leaves them out).
   cvm data check --dataset cvusa|cvact|ucfop|dayton --root DIR
-      Validate a dataset folder: counts per split, missing, unreadable and wrong-size files by name.
+      Validate a dataset folder: counts per split, and for each kind of fault (missing, empty,
+      truncated, not an image, unreadable, a directory instead of a file, wrong size) its count and
+      the first 20 files by name. The complete list (one path<TAB>reason line per faulty file) is
+      always written to --report FILE (default ROOT/cvm_check_<dataset>.txt, or
+      ./cvm_check_<dataset>.txt if the root is read-only); the output gives its path.
       Exit status 0 only if the dataset is usable.
   cvm data polar --dataset cvusa|cvact|ucfop --root DIR [--out DIR] [--workers N] [--nostretch]
       Precompute SAFA's polar maps (112x616, from the full-resolution aerial) into OUT/polarmap/,
@@ -42,6 +46,9 @@ flags.DEFINE_enum("cvact_layout", "auto", ["auto", "distributed", "preprocessed"
                   "check, polar: CVACT folder layout (auto-detected by default).")
 flags.DEFINE_string("cvact_mat", None, "check, polar: path of ACT_data.mat (default ROOT/ACT_data.mat).")
 flags.DEFINE_integer("limit", None, "check: only the first N pairs of each split (a quick look).")
+flags.DEFINE_string("report", None, "check: file to write the complete list of faulty files to, one path<TAB>reason "
+                                    "per line (default ROOT/cvm_check_<dataset>.txt; if the root is read-only "
+                                    "./cvm_check_<dataset>.txt, else the temp folder).")
 flags.DEFINE_list("splits", None, "check, polar: only these splits (e.g. 'test' for a CVACT ANU_data_test folder).")
 
 FLAGS = flags.FLAGS
@@ -72,7 +79,7 @@ def check() -> int:
     if FLAGS.dataset == "cvact":
         options = {"layout": FLAGS.cvact_layout, "mat_path": FLAGS.cvact_mat}
     return main_check(FLAGS.dataset, FLAGS.root, splits=FLAGS.splits, limit=FLAGS.limit, workers=FLAGS.workers,
-                      **options)
+                      report_path=FLAGS.report, **options)
 
 
 def polar() -> int:
@@ -102,6 +109,34 @@ def polar() -> int:
     return 1 if summary.failed else 0
 
 
+# The flags each subcommand reads; the others have no effect on it.
+SUBCOMMAND_FLAGS = {
+    "synth": ("out", "layout", "pairs", "seed", "val_fraction", "workers", "segmaps"),
+    "check": ("dataset", "root", "splits", "limit", "report", "workers", "cvact_layout", "cvact_mat"),
+    "polar": ("dataset", "root", "out", "splits", "workers", "stretch", "polar_size", "cvact_layout", "cvact_mat"),
+}
+
+
+def check_flags(fv, argv) -> None:
+    """Refuse flags the subcommand would not use (cvm.cli.flag_use)."""
+    from cvm.cli import flag_use
+
+    if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
+        return  # main lists the subcommands
+    sub = argv[1]
+    unused = {}
+    for name in flag_use.module_flags(fv, [__name__]):
+        readers = [s for s, names in SUBCOMMAND_FLAGS.items() if name in names]
+        if readers and sub not in readers:
+            unused[name] = f"`cvm data {sub}` does not read it (a flag of `cvm data {' / '.join(readers)}`)"
+    if sub == "synth" and fv.layout != "cvusa":
+        unused["segmaps"] = f"only the cvusa layout has segmentation maps (this run: --layout {fv.layout})"
+    if sub != "synth" and fv.dataset != "cvact":
+        for name in ("cvact_layout", "cvact_mat"):
+            unused[name] = f"only --dataset cvact reads it (this run: --dataset {fv.dataset})"
+    flag_use.check_verb(fv, unused, [__name__], f"cvm data {sub}")
+
+
 def main(argv) -> int:
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         got = " ".join(argv[1:]) or "nothing"
@@ -111,4 +146,4 @@ def main(argv) -> int:
 
 
 def run(argv) -> None:
-    common.run_app("cvm data", argv, main, __doc__, [__name__])
+    common.run_app("cvm data", argv, main, __doc__, [__name__], check=check_flags)

@@ -31,6 +31,24 @@ flags.DEFINE_string("out_dir", None, "Where to write results (default MODEL_DIR/
 FLAGS = flags.FLAGS
 
 
+def check_flags(fv, argv) -> None:
+    """Refuse flags this evaluation would not use (cvm.cli.flag_use)."""
+    from cvm.cli import flag_use
+    from cvm.errors import CvmError
+    from cvm.training.config import TrainConfig
+
+    if len(argv) > 1 or not fv.model_dir:
+        return  # main says what is wrong
+    try:
+        config = TrainConfig.load(fv.model_dir)
+    except CvmError:
+        return  # main names the missing or foreign config.json
+    unused = {}
+    if (fv.dataset or config.dataset) == "synthetic":
+        unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
+    flag_use.check_verb(fv, unused, [__name__], "cvm eval")
+
+
 def main(argv) -> int:
     from cvm.errors import CvmError
 
@@ -70,4 +88,4 @@ def main(argv) -> int:
 
 
 def run(argv) -> None:
-    common.run_app("cvm eval", argv, main, __doc__, [__name__])
+    common.run_app("cvm eval", argv, main, __doc__, [__name__], check=check_flags)

@@ -41,6 +41,25 @@ flags.DEFINE_integer("synthetic_seed", 0, "synthetic: seed of the synthetic worl
 FLAGS = flags.FLAGS
 
 
+def check_flags(fv, argv) -> None:
+    """Refuse flags this evaluation would not use (cvm.cli.flag_use)."""
+    from cvm.cli import flag_use
+
+    unused = {}
+    if fv.real:
+        for name in ("root", "split", "direction", "synthetic_pairs", "synthetic_seed"):
+            unused[name] = "--real compares with a folder of real images, not with a dataset split"
+    elif fv.dataset == "synthetic":
+        unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
+    else:
+        for name in ("synthetic_pairs", "synthetic_seed"):
+            unused[name] = f"only --dataset synthetic uses it (this run: --dataset {fv.dataset})"
+    if not fv.classifier:
+        for name in ("classifier_preprocessing", "classifier_outputs", "batch_size"):
+            unused[name] = "there is no --classifier"
+    flag_use.check_verb(fv, unused, [__name__], "cvm eval-synthesis")
+
+
 def main(argv) -> int:
     from cvm.errors import CvmError
 
@@ -83,4 +102,4 @@ def main(argv) -> int:
 
 
 def run(argv) -> None:
-    common.run_app("cvm eval-synthesis", argv, main, __doc__, [__name__])
+    common.run_app("cvm eval-synthesis", argv, main, __doc__, [__name__], check=check_flags)

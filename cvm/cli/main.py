@@ -6,7 +6,8 @@ import importlib
 import os
 import sys
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) drowns the CLI's output; errors stay.
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) drowns the CLI's output: the level
+# hides its INFO/WARNING lines, cvm.cli.quiet the rest of its start-up lines (unless --verbose).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # verb -> (module, one-line description). Importing only the chosen verb keeps its flags alone.
@@ -54,6 +55,9 @@ def run(argv=None) -> None:
         print(f"cvm: error: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}\n", file=sys.stderr)
         print(usage(), file=sys.stderr)
         sys.exit(2)
+    from cvm.cli import quiet
+
+    quiet.configure(argv[2:])  # before anything imports TensorFlow
     module = importlib.import_module(VERBS[verb][0])
     module.run([f"cvm {verb}"] + argv[2:])
 

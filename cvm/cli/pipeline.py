@@ -11,7 +11,7 @@ two-stream baseline -> joint feature learning -> descriptor dumps -> feature fus
 exists; rerunning a killed pipeline resumes at the stage it was in (training stages from their last
 checkpoint). Per-stage training flags: the stage flagfiles, then --retrieval_flag (all three
 retrieval stages) and --two_stream_flag / --joint_flag / --fusion_flag (repeatable, e.g.
---joint_flag=--epochs=2).
+--joint_flag=--epochs=2). A flag no stage would use is an error before any stage runs.
 """
 
 from __future__ import annotations
@@ -39,12 +39,10 @@ def define_flags(fv=flags.FLAGS) -> None:
                         "aerial files) instead of stages xfork and synthesize.", **on)
     flags.DEFINE_integer("synthesis_batch_size", 4, "Batch size of `cvm synthesize`.", **on)
     flags.DEFINE_boolean("two_stream", True, "Train the two-stream baseline (the ablation's first row).", **on)
-    flags.DEFINE_string("two_stream_flagfile", "experiments/regmi_iccv19_two_stream_cvusa.cfg",
-                        "Flagfile of the two-stream stage.", **on)
-    flags.DEFINE_string("joint_flagfile", "experiments/regmi_iccv19_joint_cvusa.cfg",
-                        "Flagfile of the joint feature learning stage.", **on)
-    flags.DEFINE_string("fusion_flagfile", "experiments/regmi_iccv19_fusion_cvusa.cfg",
-                        "Flagfile of the feature fusion stage.", **on)
+    for stage, what in (("two_stream", "the two-stream stage"), ("joint", "the joint feature learning stage"),
+                        ("fusion", "the feature fusion stage")):
+        flags.DEFINE_string(f"{stage}_flagfile", None, f"Flagfile of {what} (default: experiments/regmi_iccv19_"
+                            f"{stage}_<dataset>.cfg, the cvusa one for --dataset synthetic).", **on)
     flags.DEFINE_multi_string("retrieval_flag", [], "Training flag applied to the two-stream, joint and fusion "
                               "stages after their flagfiles (repeatable), e.g. "
                               "--retrieval_flag=--precision=mixed_float16.", **on)
@@ -89,6 +87,33 @@ def config_from_flags(fv):
         synthetic_pairs=fv.synthetic_pairs, synthetic_seed=fv.synthetic_seed)
 
 
+def unused_flags(fv) -> dict:
+    """{flag: reason} of the pipeline flags this run does not use (the stage flags are checked by
+    RegmiPipeline.check_stage_flags)."""
+    unused = {}
+    if fv.dataset == "synthetic":
+        unused["root"] = "--dataset synthetic writes its own dataset under --work_dir/data"
+    else:
+        for name in ("synthetic_pairs", "synthetic_seed"):
+            unused[name] = f"only --dataset synthetic writes a dataset (this run: --dataset {fv.dataset})"
+    if fv.synthesized_dir:
+        for name in ("synthesis_flagfile", "synthesis_flag", "synthesis_batch_size"):
+            unused[name] = "--synthesized_dir replaces the xfork and synthesize stages"
+    elif fv.synthesis_model_dir:
+        for name in ("synthesis_flagfile", "synthesis_flag"):
+            unused[name] = "--synthesis_model_dir replaces the xfork stage"
+    if not fv.two_stream:
+        for name in ("two_stream_flagfile", "two_stream_flag"):
+            unused[name] = "--notwo_stream skips the two-stream stage"
+    return unused
+
+
+def check_flags(fv, argv) -> None:
+    from cvm.cli import flag_use
+
+    flag_use.check_verb(fv, unused_flags(fv), [__name__], "cvm pipeline regmi_iccv19")
+
+
 def main(argv) -> int:
     from cvm.errors import CvmError
 
@@ -102,4 +127,4 @@ def main(argv) -> int:
 
 
 def run(argv) -> None:
-    common.run_app("cvm pipeline", argv, main, __doc__, [__name__])
+    common.run_app("cvm pipeline", argv, main, __doc__, [__name__], check=check_flags)

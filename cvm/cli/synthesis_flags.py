@@ -81,6 +81,7 @@ def flagfile_text(config: SynthesisConfig) -> str:
     """The config as a flagfile (`cvm train --flagfile MODEL_DIR/flags.cfg` reruns it)."""
     # A None str/size field is written `--name=` only when it is shared: there it overrides the
     # retrieval default. None synthesis fields and None shared ints are the defaults: leaving them
-    # out keeps them.
+    # out keeps them. Fields the run does not use are left out (given as flags they would be refused).
+    unused = config.unused_fields()
     return flag_table.flagfile_text((field.name, _kind(field.name), getattr(config, field.name), field.name in SHARED)
-                                    for field in dataclasses.fields(SynthesisConfig))
+                                    for field in dataclasses.fields(SynthesisConfig) if field.name not in unused)

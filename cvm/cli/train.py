@@ -8,6 +8,8 @@
                                                  xfork_pano2aerial, xfork_aerial2pano; flags marked "Synthesis")
 
 The resolved flags are written to MODEL_DIR/flags.cfg (reusable as a --flagfile) and config.json.
+A flag the chosen method does not use (a retrieval flag in a GAN run, a model option its builder does
+not take, --val_split with --holdout_fraction > 0, ...) is an error that says why.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ import os
 
 from absl import flags
 
-from cvm.cli import common, synthesis_flags, train_flags
+from cvm.cli import common, flag_use, synthesis_flags, train_flags
 
 train_flags.define_flags()
 synthesis_flags.define_flags()
 FLAGS = flags.FLAGS
+
+
+def check_flags(fv, argv) -> None:
+    """Refuse flags the run would not use (main refuses the pipeline-only methods itself)."""
+    if len(argv) > 1 or fv.method in ("regmi_joint", "regmi_fusion"):
+        return
+    flag_use.check_train(fv)
 
 
 def main(argv) -> int:
@@ -74,4 +83,5 @@ def train_synthesis() -> int:
 
 
 def run(argv) -> None:
-    common.run_app("cvm train", argv, main, __doc__, ["cvm.cli.train_flags", "cvm.cli.synthesis_flags"])
+    common.run_app("cvm train", argv, main, __doc__, ["cvm.cli.train_flags", "cvm.cli.synthesis_flags"],
+                   check=check_flags)

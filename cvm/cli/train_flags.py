@@ -97,9 +97,57 @@ FIELDS = {
 assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field needs a flag"
 
 
+def _default_text(value) -> str:
+    if value is None:
+        return "none"
+    return flag_table.size_text(value) if isinstance(value, tuple) else str(value)
+
+
+def help_texts() -> dict:
+    """FIELDS' help, completed with what each method family gets.
+
+    A flag shared with the synthesis GANs whose default differs there says both defaults (absl's
+    "(default: ...)" is the retrieval one); a retrieval-only flag says so, and a model option names the
+    methods whose builders take it (cvm.models.builder_options).
+    """
+    from cvm.models import available_methods, builder_options
+    from cvm.training.config import MODEL_OPTION_FIELDS
+    from cvm.training.synthesis_config import METHOD_DEFAULTS, SynthesisConfig
+
+    synthesis = {f.name: f.default for f in dataclasses.fields(SynthesisConfig)}
+    texts = {}
+    for name, (_, text) in FIELDS.items():
+        if name == "method":
+            texts[name] = text
+        elif name in synthesis:
+            retrieval, other = getattr(_DEFAULTS, name), synthesis[name]
+            if other is None and any(name in d for d in METHOD_DEFAULTS.values()):
+                per_method = []
+                for method in METHOD_DEFAULTS:
+                    value = getattr(SynthesisConfig(method=method).resolved(), name)
+                    edges = getattr(SynthesisConfig(method=method, edge_map=True).resolved(), name)
+                    extra = f" ({_default_text(edges)} with --edge_map)" if edges != value else ""
+                    per_method.append(f"{method} {_default_text(value)}{extra}")
+                other_text = "the method's: " + ", ".join(per_method)
+            else:
+                other_text = _default_text(other)
+            if other_text != _default_text(retrieval):
+                text = (f"{text} Default: {_default_text(retrieval)} for retrieval methods; synthesis methods: "
+                        f"{other_text}.")
+            texts[name] = text
+        else:
+            if name in MODEL_OPTION_FIELDS:
+                methods = [m for m in available_methods() if name in builder_options(m)]
+                text = f"{text} (methods: {', '.join(methods)})"
+            texts[name] = f"Retrieval: {text}"
+    return texts
+
+
 def define_flags(flag_values=flags.FLAGS) -> None:
     """Define one absl flag per TrainConfig field, defaulting to the quickstart."""
-    flag_table.define_fields(FIELDS, _DEFAULTS, flag_values, __name__)
+    texts = help_texts()
+    fields = {name: (kind, texts[name]) for name, (kind, _) in FIELDS.items()}
+    flag_table.define_fields(fields, _DEFAULTS, flag_values, __name__)
 
 
 def config_from_flags(flag_values) -> TrainConfig:
@@ -112,6 +160,8 @@ def config_from_flags(flag_values) -> TrainConfig:
 def flagfile_text(config: TrainConfig) -> str:
     """The config as a flagfile (`cvm train --flagfile model_dir/flags.cfg` reruns it)."""
     # None str/size fields are written `--name=`; None ints/floats are the defaults (no cap, no
-    # mask), so leaving them out keeps them.
+    # mask), so leaving them out keeps them. Fields the run does not use are left out: given as
+    # flags they would be refused (cvm.cli.flag_use), and their defaults are what the run holds.
+    unused = config.unused_fields()
     return flag_table.flagfile_text((name, kind, getattr(config, name), True)
-                                    for name, (kind, _) in FIELDS.items())
+                                    for name, (kind, _) in FIELDS.items() if name not in unused)

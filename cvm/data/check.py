@@ -1,9 +1,16 @@
 """`cvm data check`: verify that a dataset folder holds every file of every split, readable and at the official size.
 
-For each listed file: does it exist, is it non-empty, does it decode (`records.read_bgr`, which also
-rejects truncated JPEG/PNG files), and does it have the official size. Missing or unreadable files
-make the dataset unusable; a wrong size is only a warning (the pipeline resizes every image) but
-means the data differ from the official release, so results are not comparable with published ones.
+For each listed file: does it exist, is it a file, is it non-empty and readable, does it decode
+(`records.read_bgr`, which also rejects truncated JPEG/PNG files), and does it have the official size.
+Missing or unreadable files make the dataset unusable; a wrong size is only a warning (the pipeline
+resizes every image) but means the data differ from the official release, so results are not
+comparable with published ones.
+
+The printed report gives the count of each kind of fault (missing; each reason a file is unreadable;
+wrong size) and names the first MAX_LISTED files of each; the complete list, one `path<TAB>reason`
+line per faulty file, is always written to a report file (`write_fault_list`; by default
+ROOT/cvm_check_<dataset>.txt, else ./cvm_check_<dataset>.txt, else the temp folder), whose path the
+output gives.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import dataclasses
 import inspect
 import os
 import sys
+import tempfile
 from typing import Callable, Optional, Sequence
 
 from cvm.data import cvact, cvusa, dayton, sources, ucfop
@@ -21,8 +29,11 @@ from cvm.errors import CvmError
 
 # An expected image size: (height, width), SQUARE (any h == w), or None (any decodable image).
 SQUARE = "square"
-# How many unreadable / wrong-size files a report names per split before "... and N more".
+# How many files of each kind of fault (missing, each unreadable reason, wrong size) a report names per
+# split before "... and N more"; the report file lists them all.
 MAX_LISTED = 20
+# Default name of the report file listing every faulty file (see `write_fault_list`).
+REPORT_NAME = "cvm_check_{dataset}.txt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +104,9 @@ class SplitReport:
       files: distinct files checked.
       missing / missing_ground / missing_aerial: files that do not exist.
       first_missing: path of the first missing file in split order.
-      unreadable: (path, reason) of empty, truncated or undecodable files.
+      missing_files: (path, "ground" | "aerial") of every missing file, in split order.
+      unreadable: (path, reason) of empty, truncated, undecodable or unreadable files and of
+        directories (or other non-files) where a file should be.
       wrong_size: (path, (h, w) found, expected size) of decodable files of a non-official size.
       error: why the split could not be listed (missing or malformed split file), else None.
       official_pairs: pairs of the official split, if known.
@@ -109,6 +122,7 @@ class SplitReport:
     missing_ground: int = 0
     missing_aerial: int = 0
     first_missing: Optional[str] = None
+    missing_files: list = dataclasses.field(default_factory=list)
     unreadable: list = dataclasses.field(default_factory=list)
     wrong_size: list = dataclasses.field(default_factory=list)
     error: Optional[str] = None
@@ -154,16 +168,33 @@ class SplitReport:
             status += ", of the official size"
         lines = [f"  {self.name}: {counted}, {self.files} files: {status}"]
         if self.missing:
-            lines.append(
-                f"    missing: {self.missing} file(s) ({self.missing_ground} ground, {self.missing_aerial} aerial); "
-                f"first: {self.first_missing}"
+            lines.append(f"    {self.missing} missing file(s) ({self.missing_ground} ground, "
+                         f"{self.missing_aerial} aerial):")
+            lines += _listed("missing", [f"{path} ({kind})" for path, kind in self.missing_files])
+        if self.unreadable:
+            by_reason = {}
+            for path, reason in self.unreadable:
+                by_reason.setdefault(reason, []).append(path)
+            counts = "; ".join(f"{len(paths)} {reason}" for reason, paths in by_reason.items())
+            lines.append(f"    {len(self.unreadable)} unreadable file(s): {counts}")
+            for reason, paths in by_reason.items():
+                lines += _listed("unreadable", [f"{path} ({reason})" for path in paths], reason)
+        if self.wrong_size:
+            lines.append(f"    {len(self.wrong_size)} file(s) of wrong size:")
+            lines += _listed(
+                "wrong size",
+                [f"{path} is {_size_text(found)}, expected {_size_text(want)}"
+                 for path, found, want in self.wrong_size],
             )
-        lines += _listed("unreadable", [f"{path} ({reason})" for path, reason in self.unreadable])
-        lines += _listed(
-            "wrong size",
-            [f"{path} is {_size_text(found)}, expected {_size_text(want)}" for path, found, want in self.wrong_size],
-        )
         return lines
+
+    def fault_lines(self) -> list:
+        """(path, reason) of every faulty file of the split: missing, unreadable, then wrong size."""
+        faults = [(path, f"missing ({kind})") for path, kind in self.missing_files]
+        faults += list(self.unreadable)
+        faults += [(path, f"wrong size: {_size_text(found)}, expected {_size_text(want)}")
+                   for path, found, want in self.wrong_size]
+        return faults
 
 
 @dataclasses.dataclass
@@ -180,7 +211,8 @@ class DatasetReport:
     def usable(self) -> bool:
         return self.error is None and bool(self.splits) and all(s.usable for s in self.splits)
 
-    def format(self) -> str:
+    def format(self, report_path: Optional[str] = None) -> str:
+        """The printed report; `report_path` (where `write_fault_list` wrote) is named before the verdict."""
         title = sources.source(self.dataset).title
         header = f"{title} at {self.root}"
         if self.limit is not None:
@@ -191,8 +223,27 @@ class DatasetReport:
         else:
             for split in self.splits:
                 lines += split.format_lines()
+        if report_path is not None:
+            faults = len(self.fault_lines())
+            if faults:
+                lines.append(f"The complete list of the {faults} faulty file(s), one path and reason per line: "
+                             f"{report_path}")
+            elif self.error is not None or any(split.error is not None for split in self.splits):
+                lines.append(f"No faulty files in the splits that could be listed; report (empty): {report_path}")
+            else:
+                lines.append(f"No faulty files; report (empty): {report_path}")
         lines.append(self._verdict(title))
         return "\n".join(lines)
+
+    def fault_lines(self) -> list:
+        """(path, reason) of every faulty file of every split, each file once (the report file's lines)."""
+        seen, faults = set(), []
+        for split in self.splits:
+            for path, reason in split.fault_lines():
+                if path not in seen:
+                    seen.add(path)
+                    faults.append((path, reason))
+        return faults
 
     def _verdict(self, title: str) -> str:
         if not self.usable:
@@ -257,6 +308,7 @@ def check_split(
                     report.missing_aerial += 1
                 if report.first_missing is None:
                     report.first_missing = path
+                report.missing_files.append((path, kind))
             elif status == "unreadable":
                 report.unreadable.append((path, detail))
             elif not _size_matches(detail, expected[kind]):
@@ -323,26 +375,80 @@ def main_check(
     workers: Optional[int] = None,
     progress: Optional[bool] = None,
     out=None,
+    report_path: Optional[str] = None,
     **adapter_options,
 ) -> int:
-    """Print the report of `check_dataset` and return the exit code: 0 if usable, else 1.
+    """Print the report of `check_dataset`, write its complete fault list, return 0 if usable, else 1.
 
-    `progress=None` shows progress bars when stderr is a terminal. CvmErrors for usage mistakes
-    (unknown dataset, missing root, bad option) propagate to the CLI.
+    `progress=None` shows progress bars when stderr is a terminal. `report_path`: where the list of
+    every faulty file goes (`write_fault_list`; None: its default). CvmErrors for usage mistakes
+    (unknown dataset, missing root, bad option, an unwritable `report_path`) propagate to the CLI.
     """
     if progress is None:
         progress = sys.stderr.isatty()
+    if report_path:  # an unwritable --report fails before a long check, not after it
+        write_fault_list(DatasetReport(dataset=dataset, root=str(root), splits=[]), report_path)
     report = check_dataset(
         dataset, root, splits=splits, limit=limit, workers=workers, progress=progress, **adapter_options
     )
-    print(report.format(), file=out or sys.stdout)
+    written = write_fault_list(report, report_path)
+    print(report.format(report_path=written), file=out or sys.stdout)
     return 0 if report.usable else 1
+
+
+def write_fault_list(report: DatasetReport, path: Optional[str] = None) -> str:
+    """Write one `path<TAB>reason` line per faulty file of `report`; returns the file written.
+
+    Without `path`: REPORT_NAME in the dataset root if it can be written there, else in the current
+    directory, else in the temp folder. The file is replaced atomically (and written even when there
+    are no faults, so an old list never outlives a fix).
+
+    Raises:
+      CvmError: `path` was given and cannot be written.
+    """
+    text = "".join(f"{file}\t{reason}\n" for file, reason in report.fault_lines())
+    if path:
+        candidates = [path]
+    else:
+        name = REPORT_NAME.format(dataset=report.dataset)
+        candidates = [os.path.join(report.root, name), os.path.join(os.getcwd(), name),
+                      os.path.join(tempfile.gettempdir(), name)]
+    error = None
+    for candidate in candidates:
+        try:
+            _write_atomic(candidate, text)
+            return os.path.abspath(candidate)
+        except OSError as e:
+            error = e
+    if path:
+        raise CvmError(f"cannot write the check report --report {path}: {error.strerror or error}; "
+                       "pass a writable file")
+    raise CvmError(f"cannot write the check report ({', '.join(candidates)}): {error.strerror or error}; "
+                   "pass --report FILE")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _inspect(path: str):
     """("missing", None) | ("unreadable", reason) | ("ok", (h, w)) for one file."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return "missing", None
+    if os.path.isdir(path):
+        return "unreadable", "a directory, not a file"
+    if not os.path.exists(path):
+        return "unreadable", "a broken symbolic link"
+    if not os.path.isfile(path):  # a FIFO or device: opening it could block
+        return "unreadable", "not a regular file"
     image = read_bgr(path)
     if image is None:
         return "unreadable", _why_unreadable(path)
@@ -373,10 +479,10 @@ def _size_text(size) -> str:
     return f"{size[0]}x{size[1]} (h x w)"
 
 
-def _listed(label: str, items: list) -> list:
+def _listed(label: str, items: list, detail: str = "") -> list:
     lines = [f"    {label}: {item}" for item in items[:MAX_LISTED]]
     if len(items) > MAX_LISTED:
-        lines.append(f"    ... and {len(items) - MAX_LISTED} more {label}")
+        lines.append(f"    ... and {len(items) - MAX_LISTED} more {label}" + (f" ({detail})" if detail else ""))
     return lines
 
 

@@ -37,14 +37,24 @@ from cvm.errors import CvmError
 
 
 class FaultReport:
-    """Thread-safe record of skipped samples; appends one line per new fault to `path` if given."""
+    """Thread-safe record of skipped samples; appends one line per new fault to `path` if given.
+
+    A file already named in `path` (by an earlier process of the same run: a resumed or rerun one) is
+    not written again, so the file names every fault exactly once.
+    """
 
     def __init__(self, path: Optional[str] = None):
         self.path = path
         self._lock = threading.Lock()
         self._faults = {}  # file -> [reason, occurrences]
+        self._written = set()
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+            try:
+                with open(path) as f:
+                    self._written = {line.split("\t", 1)[0] for line in f if line.strip()}
+            except (FileNotFoundError, UnicodeDecodeError):
+                pass
 
     def record(self, file: str, reason: str) -> None:
         with self._lock:
@@ -54,7 +64,8 @@ class FaultReport:
                 return
             self._faults[file] = [reason, 1]
             logging.warning("skipping %s: %s", file, reason)
-            if self.path:
+            if self.path and file not in self._written:
+                self._written.add(file)
                 with open(self.path, "a") as f:
                     f.write(f"{file}\t{reason}\n")
 
@@ -84,6 +95,58 @@ def describe_failure(path: str) -> str:
         return "could not be rendered"
     reason = unreadable_reason(path)
     return _FAULTS.get(reason, reason)
+
+
+def describe_split(split, role: str = "") -> str:
+    """'the cvusa 'train' split (root /data/CVUSA)' (role: 'training', 'validation', ... before 'split')."""
+    root = getattr(split, "root", None)
+    return f"the {split.dataset} {split.name!r} {role + ' ' if role else ''}split" + (f" (root {root})" if root else "")
+
+
+def first_reasons(faults: Optional[FaultReport], count: int = 3) -> str:
+    """'FILE: REASON; ...' of the first faults recorded, for an error message."""
+    items = faults.items()[:count] if faults is not None else []
+    return "; ".join(f"{file}: {reason}" for file, reason in items) or "none recorded"
+
+
+def no_steps_error(split, faults: Optional[FaultReport], epoch: int, role: str = "training") -> CvmError:
+    """The error of an epoch that ran no step because every sample it drew was dropped."""
+    where = f" (all of them in {faults.path})" if faults is not None and faults.path else ""
+    return CvmError(f"epoch {epoch} ran no training step: every sample of {describe_split(split, role)} was "
+                    f"dropped; first reasons: {first_reasons(faults)}{where}. Fix or restore those files "
+                    "(`cvm data check` lists them), or point --root at a complete copy")
+
+
+def require_usable(pipeline, need: int, role: str = "training") -> None:
+    """CvmError unless at least `need` samples of `pipeline.split` have all their files.
+
+    A cheap look before any step: it stats the files `pipeline.sample_files(i)` names (pseudo-paths of
+    in-memory datasets count as present) and stops at the `need`-th complete sample, so a split
+    whose files are all absent (a wrong --root, a missing folder) fails at once, naming the split and
+    the first absent files, instead of running epochs of no step. Unreadable files that do exist are
+    found while loading (`no_steps_error`).
+    """
+    split = pipeline.split
+    need = max(1, int(need))
+    usable, lacking, examples = 0, 0, []
+    for index in range(len(split)):
+        absent = [p for p in pipeline.sample_files(index) if p and "://" not in p and not os.path.isfile(p)]
+        if not absent:
+            usable += 1
+            if usable >= need:
+                return
+            continue
+        lacking += 1
+        if len(examples) < 3:
+            examples.append(f"{absent[0]}: {describe_failure(absent[0])}")
+    reasons = "; ".join(examples) or "none"
+    if usable == 0:
+        problem = f"has no usable sample: all {len(split)} lack a file"
+    else:
+        problem = (f"has {usable} complete sample(s) of {len(split)}, fewer than the batch size {need}, so an "
+                   f"epoch would run no step; {lacking} lack a file")
+    raise CvmError(f"{describe_split(split, role)} {problem}; first reasons: {reasons}. Fix or restore those "
+                   "files (`cvm data check` lists them), or point --root at a complete copy")
 
 
 class PairLoader:
@@ -222,6 +285,11 @@ class Pipeline:
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per training epoch when no sample is skipped."""
         return len(self.split) // int(batch_size)
+
+    def sample_files(self, index: int) -> tuple:
+        """The files sample `index` is read from (`require_usable`)."""
+        pair = self.split[int(index)]
+        return (pair.ground_path, pair.aerial_path)
 
     def _load_fn(self, train: bool):
         loader = self.loader

@@ -13,7 +13,9 @@ load_cvact(OUT, split, aerial="polar") reads it.
 Each map is computed from the full-resolution aerial (cvm.data.polar.polar_transform), written to a
 temporary file in the target folder and renamed into place, so an interrupted run never leaves a
 partial PNG; a rerun skips every output that exists and decodes at the expected size, and redoes the
-others. Unreadable input images are reported by name; they never stop the run.
+others. Unreadable input images are reported by name; they never stop the run. A row whose output
+would land outside OUT (a symbolic link under it pointing out) is refused before anything is written
+(`cvm.data.outputs.output_path`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Optional, Sequence
 
 import cv2
 
+from cvm.data.outputs import output_path
 from cvm.data.parallel import progress_bar
 from cvm.data.polar import POLAR_HEIGHT, POLAR_WIDTH, polar_transform
 from cvm.data.records import read_bgr, unreadable_reason
@@ -65,20 +68,27 @@ class PolarSummary:
     seconds: float = 0.0
 
 
-def polar_target(dataset: str, root: str, aerial_path: str, out_dir: str) -> str:
-    """Output path of the polar map of one aerial image (see the module docstring)."""
+def polar_target(dataset: str, root: str, aerial_path: str, out_dir: str, row: Optional[str] = None) -> str:
+    """Output path of the polar map of one aerial image (see the module docstring).
+
+    CvmError (naming `row`, default the aerial path) if it would resolve outside `out_dir`
+    (`cvm.data.outputs.output_path`: e.g. a symbolic link under OUT/polarmap/ pointing out).
+    """
     rel = os.path.relpath(os.path.abspath(aerial_path), os.path.abspath(root))
-    if rel.startswith(os.pardir):  # listed outside the root (UCF-OP split files may hold absolute paths)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        # listed outside the root (UCF-OP split files may hold absolute paths)
         rel = os.path.splitdrive(os.path.abspath(aerial_path))[1].lstrip(os.sep)
     if dataset == "cvusa":
         from cvm.data.cvusa import polar_path
 
-        return os.path.join(out_dir, polar_path(rel))
-    parts = rel.split(os.sep)
-    if dataset == "cvact" and parts[0] == "satview_polish":
-        parts = parts[1:]
-    parts[-1] = os.path.splitext(parts[-1])[0] + ".png"
-    return os.path.join(out_dir, POLAR_FOLDER, *parts)
+        name = polar_path(rel)
+    else:
+        parts = rel.split(os.sep)
+        if dataset == "cvact" and parts[0] == "satview_polish":
+            parts = parts[1:]
+        parts[-1] = os.path.splitext(parts[-1])[0] + ".png"
+        name = os.path.join(POLAR_FOLDER, *parts)
+    return output_path(out_dir, name, row=row or f"aerial image {aerial_path}")
 
 
 def polar_jobs(dataset: str, root: str, splits: Optional[Sequence[str]] = None, out_dir: Optional[str] = None,
@@ -104,14 +114,17 @@ def polar_jobs(dataset: str, root: str, splits: Optional[Sequence[str]] = None, 
                 f"{split.root} is CVACT as distributed (832x1664 panoramas); SAFA's polar input is read from a "
                 f"preprocessed folder (streetview/*.png, polarmap/*.png): pass --out with another folder, e.g. "
                 f"--out {os.path.join(os.path.dirname(split.root), 'CVACT')}")
-        for pair in split:
+        for i, pair in enumerate(split):
+            row = f"{dataset} {name} row {i + 1} (id {pair.id!r})"
             if pair.aerial_path not in seen:
                 seen.add(pair.aerial_path)
-                jobs.append(("polar", pair.aerial_path, polar_target(dataset, split.root, pair.aerial_path, out)))
+                jobs.append(("polar", pair.aerial_path,
+                             polar_target(dataset, split.root, pair.aerial_path, out, row=row)))
             if ground_crops and pair.ground_path not in seen:
                 seen.add(pair.ground_path)
                 stem = os.path.splitext(os.path.basename(pair.ground_path))[0]
-                jobs.append(("ground", pair.ground_path, os.path.join(out, "streetview", stem + ".png")))
+                jobs.append(("ground", pair.ground_path,
+                             output_path(out, os.path.join("streetview", stem + ".png"), row=row)))
     return jobs
 
 

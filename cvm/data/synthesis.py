@@ -33,7 +33,6 @@ import cv2
 import numpy as np
 
 from cvm.data import sources
-from cvm.data.pipeline import FaultReport, describe_failure
 from cvm.data.records import read_bgr
 from cvm.errors import CvmError
 
@@ -541,6 +540,9 @@ class SynthesisLoader:
         self.split = split
         self.spec = spec
         self.seed = int(seed)
+        # cvm.data.pipeline imports TensorFlow: imported here, so that `cvm train --help` needs none.
+        from cvm.data.pipeline import FaultReport
+
         self.faults = faults if faults is not None else FaultReport()
         self._matrix = None if spec.homography is None else homography_matrix(spec.homography)
         # The sizes the panels are scaled to (train: load size with a crop; evaluation: crop size):
@@ -627,6 +629,8 @@ class SynthesisLoader:
                 need.append((seg, sample.target_seg_path))
             for image, path in need:
                 if image is None:
+                    from cvm.data.pipeline import describe_failure
+
                     self.faults.record(path, describe_failure(path))
                     return self._failed()
             x, y, s = self.prepare(inp, target, seg, index, epoch, train)
@@ -664,6 +668,8 @@ class SynthesisPipeline:
         if len(split) == 0:
             raise CvmError(f"{split.dataset} split {split.name!r} has no samples (root: {split.root})")
         if faults is None:
+            from cvm.data.pipeline import FaultReport
+
             faults = FaultReport(faults_path)
         self.split = split
         self.spec = spec
@@ -679,6 +685,11 @@ class SynthesisPipeline:
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per training epoch when no sample is skipped."""
         return len(self.split) // int(batch_size)
+
+    def sample_files(self, index: int) -> tuple:
+        """The files sample `index` is read from (cvm.data.pipeline.require_usable)."""
+        sample = self.split[int(index)]
+        return tuple(p for p in (sample.input_path, sample.target_path, sample.target_seg_path) if p)
 
     def _load_fn(self, train: bool):
         import tensorflow as tf

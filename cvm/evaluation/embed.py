@@ -7,6 +7,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from cvm import faultinject
+
 
 _STEPS = weakref.WeakKeyDictionary()  # encoder -> {spec: compiled step}: traced once, not per validation
 
@@ -48,6 +50,8 @@ def embed_split(encoder, pipeline, batch_size: int, progress: bool = False) -> d
         grounds.append(ground.numpy())
         aerials.append(aerial.numpy())
         indices.append(meta["index"].numpy())
+        if len(indices) == 1:
+            faultinject.kill_point("validation")  # testing aid (CVM_KILL_AT): mid-validation
         if bar is not None:
             bar.add(int(meta["index"].shape[0]))
     if not grounds:

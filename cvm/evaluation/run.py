@@ -26,6 +26,12 @@ def evaluate_encoder(encoder, pipeline, batch_size: int, *, method: str, checkpo
     split = pipeline.split
     emb = embed_split(encoder, pipeline, batch_size, progress=progress)
     kept = emb["index"]
+    if len(kept) == 0:
+        from cvm.data.pipeline import describe_split, first_reasons
+        from cvm.errors import CvmError
+
+        raise CvmError(f"{describe_split(split)} has no usable sample to evaluate: every pair was dropped; first "
+                       f"reasons: {first_reasons(getattr(pipeline, 'faults', None))}")
     locations = None
     if any(r > 0 for r in radii):
         if split.location_kind not in ("utm", "metres"):

@@ -168,6 +168,8 @@ def load_classifier(classifier):
         return classifier
     import keras
 
+    import cvm.models  # noqa: F401  (registers cvm's custom layers, should the classifier use any)
+
     path = os.fspath(classifier)
     if not os.path.exists(path):
         raise CvmError(f"classifier not found: {os.path.abspath(path)}. Pass --classifier a Keras image classifier "

@@ -37,9 +37,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from cvm import faultinject
 from cvm.errors import CvmError
 
 STAGES = ("data", "xfork", "synthesize", "two_stream", "joint", "dump", "fusion", "evaluate")
+RETRIEVAL_STAGES = ("two_stream", "joint", "fusion")
 DATASETS = ("cvusa", "ucfop", "synthetic")
 TEST_SPLIT = "val"  # CVUSA val-19zl.csv (the papers' test set); UCF-OP's "val" is its test split
 # Rows of the ablation table (the paper's Table 3 ablation) by stage; each also has results/<stage>.json.
@@ -63,10 +65,11 @@ class PipelineConfig:
     synthesized_dir: Optional[str] = None
     synthesis_batch_size: int = 4
     # Retrieval stages (3-6): one flagfile each, then the shared and the per-stage overrides.
+    # None: experiments/regmi_iccv19_<stage>_<dataset>.cfg (the cvusa ones for the synthetic world).
     two_stream: bool = True
-    two_stream_flagfile: str = "experiments/regmi_iccv19_two_stream_cvusa.cfg"
-    joint_flagfile: str = "experiments/regmi_iccv19_joint_cvusa.cfg"
-    fusion_flagfile: str = "experiments/regmi_iccv19_fusion_cvusa.cfg"
+    two_stream_flagfile: Optional[str] = None
+    joint_flagfile: Optional[str] = None
+    fusion_flagfile: Optional[str] = None
     retrieval_flags: Sequence[str] = ()
     two_stream_flags: Sequence[str] = ()
     joint_flags: Sequence[str] = ()
@@ -80,6 +83,11 @@ class PipelineConfig:
     # Stage 0 (--dataset synthetic).
     synthetic_pairs: int = 400
     synthetic_seed: int = 0
+
+    def __post_init__(self):
+        for stage in RETRIEVAL_STAGES:
+            if not getattr(self, f"{stage}_flagfile"):
+                setattr(self, f"{stage}_flagfile", default_stage_flagfile(stage, self.dataset))
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -100,6 +108,11 @@ class PipelineConfig:
             raise CvmError(f"--synthetic_pairs must be at least 10, got {self.synthetic_pairs}")
 
 
+def default_stage_flagfile(stage: str, dataset: str) -> str:
+    """The experiments/ flagfile of a retrieval stage for a dataset (the synthetic world is a CVUSA folder)."""
+    return f"experiments/regmi_iccv19_{stage}_{'cvusa' if dataset == 'synthetic' else dataset}.cfg"
+
+
 def resolve_flagfile(path: str) -> str:
     """A flagfile path as given, or relative to the repository (experiments/... from any folder)."""
     if os.path.isfile(path):
@@ -110,19 +123,27 @@ def resolve_flagfile(path: str) -> str:
     raise CvmError(f"flagfile {path} not found (also looked in {REPO_ROOT})")
 
 
-def stage_config(flagfile: str, overrides: Sequence[str] = ()):
-    """The TrainConfig of a retrieval stage: its flagfile, then `overrides` (--flag=value strings)."""
+def stage_flag_values(flagfile: Optional[str], overrides: Sequence[str] = ()):
+    """The parsed `cvm train` flags of a retrieval stage: its flagfile (None: none), then `overrides`."""
     from absl import flags
 
     from cvm.cli import train_flags
 
     fv = flags.FlagValues()
     train_flags.define_flags(fv)
+    given = [f"--flagfile={resolve_flagfile(flagfile)}"] if flagfile else []
     try:
-        fv(["cvm pipeline", f"--flagfile={resolve_flagfile(flagfile)}", *overrides])
+        fv(["cvm pipeline", *given, *overrides])
     except flags.Error as exc:
         raise CvmError(f"stage flags of {flagfile} {list(overrides)}: {exc}") from None
-    return train_flags.config_from_flags(fv)
+    return fv
+
+
+def stage_config(flagfile: str, overrides: Sequence[str] = ()):
+    """The TrainConfig of a retrieval stage: its flagfile, then `overrides` (--flag=value strings)."""
+    from cvm.cli import train_flags
+
+    return train_flags.config_from_flags(stage_flag_values(flagfile, overrides))
 
 
 def _now() -> str:
@@ -144,6 +165,60 @@ class RegmiPipeline:
         synthetic = config.dataset == "synthetic"
         self.dataset = "cvusa" if synthetic else config.dataset
         self.root = os.path.join(self.work_dir, "data") if synthetic else os.path.abspath(config.root)
+        self.check_stage_flags()
+
+    # --- flags ----------------------------------------------------------------------------------
+    def stage_flags(self, stage: str) -> tuple:
+        """(flagfile, the stage's own overrides) of a retrieval stage."""
+        c = self.config
+        return getattr(c, f"{stage}_flagfile"), tuple(getattr(c, f"{stage}_flags"))
+
+    def stage_unused(self, stage: str, config) -> dict:
+        """{field: reason} of a retrieval stage's config: the fields its trainer does not use, and those the
+        pipeline sets itself."""
+        unused = dict(config.unused_fields())
+        unused["root"] = "the pipeline gives every stage its own --root"
+        unused["model_dir"] = f"the pipeline trains this stage in --work_dir/{stage}"
+        if config.dataset != self.dataset:
+            unused["dataset"] = (f"the pipeline runs every stage on its --dataset {self.config.dataset} (a "
+                                 f"{self.dataset} folder); use that dataset's stage flagfiles")
+        return unused
+
+    def check_stage_flags(self) -> None:
+        """Fail before any stage runs if a stage would not use a flag given to it (cvm.cli.flag_use): a
+        stage flagfile or --<stage>_flag flag that stage does not use, a --retrieval_flag that no
+        retrieval stage uses, a --synthesis_flag that `cvm train` would refuse."""
+        from cvm.cli import flag_use
+
+        c = self.config
+        shared = stage_flag_values(None, c.retrieval_flags)
+        unused_everywhere = None
+        for stage in RETRIEVAL_STAGES:
+            if stage == "two_stream" and not c.two_stream:
+                continue
+            flagfile, own = self.stage_flags(stage)
+            unused = self.stage_unused(stage, stage_config(flagfile, [*c.retrieval_flags, *own]))
+            flag_use.check(stage_flag_values(flagfile, own), unused,
+                           context=f"stage {stage}: {flagfile} and --{stage}_flag")
+            reasons = {name: f"{stage}: {reason}" for name, reason in unused.items()}
+            unused_everywhere = reasons if unused_everywhere is None else {
+                name: f"{unused_everywhere[name]}; {reason}" for name, reason in reasons.items()
+                if name in unused_everywhere}
+        flag_use.check(shared, {name: f"no retrieval stage uses it ({reason})"
+                                for name, reason in (unused_everywhere or {}).items()}, context="--retrieval_flag")
+        if "xfork" in self.stages():
+            from absl import flags
+
+            from cvm.cli import synthesis_flags, train_flags
+
+            fv = flags.FlagValues()
+            train_flags.define_flags(fv)
+            synthesis_flags.define_flags(fv)
+            try:
+                fv(["cvm train", *self.xfork_args()])
+            except flags.Error as exc:
+                raise CvmError(f"stage xfork: {exc}") from None
+            flag_use.check_train(fv, context=f"stage xfork: {c.synthesis_flagfile} and --synthesis_flag")
 
     # --- markers --------------------------------------------------------------------------------
     def marker(self, stage: str) -> str:
@@ -202,6 +277,7 @@ class RegmiPipeline:
             start = time.perf_counter()
             info = getattr(self, f"stage_{stage}")()
             info["seconds"] = round(time.perf_counter() - start, 1)
+            faultinject.kill_point("stage.marker", {"global_step": 0}, stage)  # testing aid (CVM_KILL_AT)
             self.complete(stage, info)
             self.say(f"stage {stage}: done in {info['seconds']} s")
         return self.read_marker("evaluate")["table"]
@@ -224,11 +300,13 @@ class RegmiPipeline:
         return {"root": self.root, "pairs": self.config.synthetic_pairs}
 
     def stage_xfork(self) -> dict:
-        model_dir = self.synthesis_model_dir()
-        self._command("xfork", ["train", f"--flagfile={resolve_flagfile(self.config.synthesis_flagfile)}",
-                                f"--dataset={self.dataset}", f"--root={self.root}", f"--model_dir={model_dir}",
-                                *self.config.synthesis_flags])
-        return {"model_dir": model_dir}
+        self._command("xfork", ["train", *self.xfork_args()])
+        return {"model_dir": self.synthesis_model_dir()}
+
+    def xfork_args(self) -> list:
+        """The `cvm train` flags of the X-Fork stage."""
+        return [f"--flagfile={resolve_flagfile(self.config.synthesis_flagfile)}", f"--dataset={self.dataset}",
+                f"--root={self.root}", f"--model_dir={self.synthesis_model_dir()}", *self.config.synthesis_flags]
 
     def stage_synthesize(self) -> dict:
         outputs = {}
@@ -242,9 +320,7 @@ class RegmiPipeline:
 
     def retrieval_config(self, stage: str):
         c = self.config
-        flagfile, flags_ = {"two_stream": (c.two_stream_flagfile, c.two_stream_flags),
-                            "joint": (c.joint_flagfile, c.joint_flags),
-                            "fusion": (c.fusion_flagfile, c.fusion_flags)}[stage]
+        flagfile, flags_ = self.stage_flags(stage)
         config = stage_config(flagfile, [*c.retrieval_flags, *flags_])
         config.dataset, config.root, config.model_dir = self.dataset, self.root, self.path(stage)
         if c.select_on_test:  # the original's selection on the test split (parity of numbers)
@@ -271,6 +347,7 @@ class RegmiPipeline:
     def stage_dump(self) -> dict:
         import keras
 
+        import cvm.models  # noqa: F401  (registers the layers the .keras files name)
         from cvm.data import load_split
         from cvm.training.fusion import dump_descriptors
         from cvm.training.joint import SynthesizedViewPipeline
@@ -314,6 +391,7 @@ class RegmiPipeline:
     def stage_evaluate(self) -> dict:
         import keras
 
+        import cvm.models  # noqa: F401  (registers the layers the .keras files name)
         from cvm.data import load_split
         from cvm.data.pipeline import Pipeline
         from cvm.evaluation import evaluate

@@ -16,6 +16,16 @@ from cvm.data import images
 from cvm.errors import CvmError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# The TrainConfig fields that are model options: build_encoder passes a method the ones its builder's
+# signature takes (cvm.models.builder_options); the others have no effect on that method.
+MODEL_OPTION_FIELDS = ("keep_prob", "weights", "output_dim", "clusters", "backbone_width", "freeze_blocks",
+                       "normalize_output", "init", "sinkhorn_iterations", "sinkhorn_scale", "resize_mode",
+                       "spatial_maps", "multiscale")
+# Methods trained on descriptor dumps (Regmi's fusion stage), not on images: no image-data field applies.
+DUMP_METHODS = ("regmi_fusion",)
+IMAGE_DATA_FIELDS = ("root", "train_split", "val_split", "preset", "ground_size", "aerial_size", "aerial_polar",
+                     "polar_stretch", "precomputed_polar", "augment", "double_zero", "rotation_impl", "fov_deg",
+                     "azimuth_shift", "synthetic_pairs", "synthetic_seed", "cache", "mask_radius_m", "mask_mode")
 
 
 class ModelDirConfig:
@@ -144,6 +154,56 @@ class TrainConfig(ModelDirConfig):
                            f"cvact; --dataset {self.dataset} has none (use --aerial_polar to transform on the fly)")
         self.image_spec()
         self.augment_spec()
+
+    def model_options(self) -> tuple:
+        """The MODEL_OPTION_FIELDS that the method's builder takes (from its signature)."""
+        from cvm.models import builder_options
+
+        accepted = builder_options(self.method)
+        return tuple(name for name in MODEL_OPTION_FIELDS if name in accepted)
+
+    def unused_fields(self) -> dict:
+        """{field: why this run does not use it} for every field that has no effect on this run.
+
+        A reason completes "--field has no effect: ...". The CLI refuses such a field given as a flag
+        (cvm.cli.flag_use) and a run's flags.cfg leaves these fields out.
+        """
+        unused = {}
+        takes = self.model_options()
+        for name in MODEL_OPTION_FIELDS:
+            if name not in takes:
+                unused[name] = f"the model of --method {self.method} has no {name} option"
+        if self.method in DUMP_METHODS:
+            for name in IMAGE_DATA_FIELDS:
+                unused.setdefault(name, f"--method {self.method} trains on descriptor dumps, not on images")
+            return unused
+        if self.dataset == "synthetic":
+            unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
+        else:
+            for name in ("synthetic_pairs", "synthetic_seed"):
+                unused[name] = f"only --dataset synthetic uses it (this run: --dataset {self.dataset})"
+        if self.holdout_fraction > 0:
+            unused["val_split"] = (f"--holdout_fraction={self.holdout_fraction} validates on that part of "
+                                   "--train_split instead")
+        elif not self.val_split:
+            for name in ("best_metric", "eval_every_epochs"):
+                unused[name] = "the run has no validation (--val_split is empty and --holdout_fraction 0)"
+        if self.mask_radius_m is None:
+            unused["mask_mode"] = "there is no UTM mask without --mask_radius_m"
+        if self.augment != "cvm_net":
+            for name in ("double_zero", "rotation_impl"):
+                unused[name] = f"only the aerial rotation of --augment=cvm_net uses it (this run: --augment={self.augment})"
+        base = images.PRESETS.get(self.preset) if self.preset else images.ImageSpec()
+        preset_polar = bool(base is not None and base.aerial_polar)
+        if self.precomputed_polar:
+            unused["aerial_polar"] = "--precomputed_polar reads polar maps from polarmap/; nothing is transformed"
+            unused["polar_stretch"] = ("--precomputed_polar reads the maps as `cvm data polar` wrote them (its "
+                                       "--stretch / --nostretch)")
+        elif not self.aerial_polar and preset_polar:
+            unused["aerial_polar"] = f"--preset={self.preset} polar-transforms the aerial in any case"
+        elif not (self.aerial_polar or preset_polar):
+            unused["polar_stretch"] = "the aerial is not polar-transformed (--aerial_polar, --preset=safa_polar)"
+        return unused
 
     def split_options(self) -> dict:
         """Adapter options of the config (cvm.data.load_split **options)."""

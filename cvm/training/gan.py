@@ -37,9 +37,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cvm.data.outputs import output_path
+from cvm.data.pipeline import describe_split, first_reasons, no_steps_error, require_usable
+from cvm import faultinject
 from cvm.errors import CvmError
 from cvm.losses.gan import discriminator_loss, generator_gan_loss, l1_loss
-from cvm.training.checkpoints import CheckpointManager
+from cvm.training.checkpoints import CheckpointManager, check_finite, write_error
 from cvm.training.synthesis_config import SynthesisConfig
 
 
@@ -258,8 +261,6 @@ class SynthesisRun:
         if config.deterministic:
             tf.config.experimental.enable_op_determinism()
         self.spec = config.data_spec()
-        self.steps = build_steps(config)
-        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
         self.train_split = load_split(config, config.train_split)
         self.pipeline = SynthesisPipeline(self.train_split, self.spec, seed=config.seed,
                                           faults_path=os.path.join(self.model_dir, "faults.txt"))
@@ -273,6 +274,12 @@ class SynthesisRun:
         if self.steps_per_epoch < 1:
             raise CvmError(f"--batch_size {config.batch_size} is larger than the training split "
                            f"({len(self.train_split)} samples)")
+        # A split with no complete sample (a wrong --root, maps that do not exist) fails now, by name.
+        require_usable(self.pipeline, config.batch_size, "training")
+        if self.val_pipeline is not None:
+            require_usable(self.val_pipeline, 1, "validation")
+        self.steps = build_steps(config)
+        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
         self._writers = {}
 
     def _check_previous_config(self) -> None:
@@ -304,9 +311,10 @@ class SynthesisRun:
 
     def restore_latest(self) -> dict:
         state = {"epoch": 0, "step": 0, "global_step": 0, "best": None, "history": []}
-        latest = self.checkpoints.latest()
+        # The newest checkpoint that reads and matches; a damaged one is skipped, saying so.
+        latest, restored = self.checkpoints.restore_newest(self.steps.models, self.steps.optimizer_group)
         if latest:
-            state.update(CheckpointManager.restore(latest, self.steps.models, self.steps.optimizer_group))
+            state.update(restored)
             logging.info("resumed from %s (epoch %d, step %d)", latest, state["epoch"], state["step"])
             if self.progress:
                 print(f"resuming {self.model_dir} at epoch {state['epoch'] + 1}, step {state['step']} "
@@ -352,13 +360,20 @@ class SynthesisRun:
                 bar.update(skip)
         start, done = time.perf_counter(), 0
         every = max(1, int(config.log_every_steps))
+        pending = []  # (step, losses) since the last log point: a non-finite loss is named at its own step
         for images, _ in ds.take(remaining):
+            if faultinject.nan_due(state["global_step"]):  # testing aid (CVM_NAN_AT_STEP)
+                faultinject.poison(self.steps.generator.trainable_variables[0])
+            faultinject.enter_step(state, self.model_dir)
             losses = self.steps.step(images)
             state["step"] += 1
             state["global_step"] += 1
             done += 1
+            pending.append((state["step"], losses))
             saving = bool(config.checkpoint_every_steps) and state["global_step"] % config.checkpoint_every_steps == 0
             if state["step"] % every == 0 or state["step"] == self.steps_per_epoch or saving:
+                self._check_losses(pending, epoch)
+                pending = []
                 self._log(losses, epoch, state, bar)
             if config.image_every_steps and state["global_step"] % config.image_every_steps == 0:
                 self._log_images(images, state["global_step"])
@@ -366,9 +381,22 @@ class SynthesisRun:
                 self.save(state)
             if config.kill_after_steps and state["global_step"] >= config.kill_after_steps:
                 os.kill(os.getpid(), signal.SIGKILL)  # simulate `kill -9` (tests of resumption)
+        self._check_losses(pending, epoch)  # an epoch cut short by skipped samples: before validation
+        if not done and not skip:  # every sample was dropped: never report an epoch of no step as done
+            raise no_steps_error(self.train_split, self.pipeline.faults, epoch + 1)
         if done:
             with self._writer("train").as_default(step=state["global_step"]):
                 tf.summary.scalar("pairs_per_second", done * config.batch_size / (time.perf_counter() - start))
+
+    def _check_losses(self, pending: list, epoch: int) -> None:
+        """CvmError at the first step of `pending` [(step in epoch, losses)] with a non-finite loss, naming it."""
+        for step, losses in pending:
+            bad = [k for k, v in losses.items() if not np.isfinite(float(v))]
+            if bad:
+                latest = self.checkpoints.latest()
+                raise CvmError(f"{', '.join(bad)} became non-finite at epoch {epoch + 1}, step {step}: lower --lr or "
+                               "use --precision float32; nothing after that step was saved, the last checkpoint is "
+                               f"{latest or 'none (none was written yet)'}")
 
     def _log(self, losses: dict, epoch: int, state: dict, bar) -> None:
         values = {k: float(v) for k, v in losses.items()}
@@ -403,6 +431,10 @@ class SynthesisRun:
             if "segmentation" in out:
                 seg_total += float(l1_loss(out["segmentation"], images["target_seg"])) * n
             count += n
+            faultinject.kill_point("validation")  # testing aid (CVM_KILL_AT): mid-validation
+        if not count:  # an L1 of 0 would be "best"
+            raise CvmError(f"{describe_split(self.val_pipeline.split, 'validation')} has no usable sample: every "
+                           f"one was dropped; first reasons: {first_reasons(self.val_pipeline.faults)}")
         metrics = {"l1": total / max(count, 1)}
         if seg_total:
             metrics["l1_seg"] = seg_total / max(count, 1)
@@ -415,13 +447,24 @@ class SynthesisRun:
 
     def save_best(self, metrics: dict, epoch: int) -> None:
         best_dir = os.path.join(self.model_dir, "best")
-        os.makedirs(best_dir, exist_ok=True)
-        for role, net in self.steps.generators.items():
-            tmp = os.path.join(best_dir, f"generator_{role}.tmp.keras")
-            net.save(tmp)
-            os.replace(tmp, os.path.join(best_dir, f"generator_{role}.keras"))
-        with open(os.path.join(best_dir, "metrics.json"), "w") as f:
-            json.dump({"epoch": epoch, **metrics}, f, indent=1)
+        check_finite([(v.path, np.asarray(v.numpy())) for net in self.steps.generators.values() for v in net.variables],
+                     f"{best_dir} not updated after epoch {epoch}")
+        target = best_dir
+        try:
+            os.makedirs(best_dir, exist_ok=True)
+            for role, net in self.steps.generators.items():
+                target = os.path.join(best_dir, f"generator_{role}.keras")
+                tmp = os.path.join(best_dir, f"generator_{role}.tmp.keras")
+                net.save(tmp)
+                faultinject.kill_point("best.model")
+                os.replace(tmp, target)
+            faultinject.kill_point("best.metrics")
+            target = os.path.join(best_dir, "metrics.json")
+            with open(target + ".tmp", "w") as f:
+                json.dump({"epoch": epoch, **metrics}, f, indent=1)
+            os.replace(target + ".tmp", target)
+        except OSError as exc:
+            raise write_error(target, exc, self.checkpoints.latest()) from None
 
 
 def train(config: SynthesisConfig, progress: bool = True) -> dict:
@@ -451,12 +494,7 @@ def load_generators(model_dir: str, checkpoint: str = "latest"):
         with open(os.path.join(best_dir, "metrics.json")) as f:
             epoch = json.load(f).get("epoch")
         return config, {r: keras.saving.load_model(p) for r, p in paths.items()}, f"best (epoch {epoch})"
-    if checkpoint == "latest":
-        path = CheckpointManager(os.path.join(model_dir, "checkpoints")).latest()
-        if path is None:
-            raise CvmError(f"{model_dir}/checkpoints holds no checkpoint yet: train first (cvm train --model_dir "
-                           f"{model_dir} ...)")
-    else:
+    if checkpoint != "latest":
         path = checkpoint
         if not os.path.isfile(path):
             raise CvmError(f"--checkpoint {path}: no such file (give best, latest or a checkpoints/ckpt-*.npz path)")
@@ -466,7 +504,13 @@ def load_generators(model_dir: str, checkpoint: str = "latest"):
                                         n_layers=config.d_layers, dropout=config.dropout, edge_bias=config.edge_bias,
                                         fork_relu=True if config.fix_fork_relu else None)
     group = VariableGroup(list(networks["generators"].values()) + list(networks["discriminators"].values()))
-    state = CheckpointManager.restore(path, group)
+    if checkpoint == "latest":  # the newest one that reads and matches (a damaged one is skipped, saying so)
+        path, state = CheckpointManager(os.path.join(model_dir, "checkpoints")).restore_newest(group)
+        if path is None:
+            raise CvmError(f"{model_dir}/checkpoints holds no checkpoint yet: train first (cvm train --model_dir "
+                           f"{model_dir} ...)")
+    else:
+        state = CheckpointManager.restore(path, group)
     return config, networks["generators"], f"{os.path.basename(path)} (step {state.get('global_step')})"
 
 
@@ -508,11 +552,14 @@ def synthesize(model_dir: str, out_dir: str, split: str = "val", dataset: Option
     config, generators, described = load_generators(model_dir, checkpoint)
     dataset = dataset or config.dataset
     samples = load_split(config, split, segmaps=False, dataset=dataset, root=root)
-    os.makedirs(out_dir, exist_ok=True)
     names = samples.out_names
     if len(set(names)) != len(names):
         raise CvmError(f"{dataset} {split}: several samples share an output name; cannot write one file each")
-    pending = [i for i, name in enumerate(names) if not _readable(os.path.join(out_dir, name))]
+    # Names come from the split's rows: one that would land outside out_dir is refused before any work.
+    targets = {name: output_path(out_dir, name, row=f"{dataset} {split} row {i + 1} (id {samples[i].id!r})")
+               for i, name in enumerate(names)}
+    os.makedirs(out_dir, exist_ok=True)
+    pending = [i for i, name in enumerate(names) if not _readable(targets[name])]
     summary = {"model_dir": model_dir, "checkpoint": described, "dataset": dataset, "split": split,
                "out_dir": out_dir, "samples": len(names), "existing": len(names) - len(pending), "written": 0}
     if pending:
@@ -527,11 +574,15 @@ def synthesize(model_dir: str, out_dir: str, split: str = "val", dataset: Option
         for images, meta in pipeline.eval(batch_size or config.eval_batch_size):
             generated = to_uint8_bgr(keras.ops.convert_to_numpy(g(images["input"], training=False)["image"]))
             for image, name in zip(generated, meta["out_name"].numpy()):
-                _write_image(os.path.join(out_dir, name.decode()), image)
+                _write_image(targets[name.decode()], image)
             summary["written"] += len(generated)
+            faultinject.kill_point("synthesize", {"global_step": summary["written"]}, "synthesize")
             if bar is not None:
                 bar.add(len(generated))
         summary["skipped_unreadable"] = pipeline.faults.skipped
+        if not summary["written"]:
+            raise CvmError(f"no image written: no sample of {describe_split(samples)} could be read; first reasons: "
+                           f"{first_reasons(pipeline.faults)}")
     if metrics:
         from cvm.evaluation.synthesis import evaluate_synthesis
 

@@ -94,6 +94,9 @@ class SynthesizedViewPipeline(Pipeline):
     def synthesized_file(self, index: int) -> str:
         return synthesized_path(self.synthesized_dir, self.split[int(index)].aerial_path)
 
+    def sample_files(self, index: int) -> tuple:
+        return (*super().sample_files(index), self.synthesized_file(index))
+
     def aerial_side(self, index: int) -> int:
         """Side of the full-resolution real aerial (the zoom draw's range depends on it), remembered per pair."""
         side = self._sides.get(index)
@@ -265,6 +268,7 @@ class JointRun(Run):
             # Selection compares ground and real aerial only (as the original's top-1%).
             self.val_pipeline = Pipeline(self.val_split, spec, config.eval_augment_spec(), seed=2019 + config.seed,
                                          faults=self.pipeline.faults, cache=config.cache, normalize=False)
+        self._check_data()
         self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))

@@ -24,10 +24,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from cvm import faultinject
 from cvm.data import holdout, load_split
-from cvm.data.pipeline import Pipeline
+from cvm.data.pipeline import Pipeline, no_steps_error, require_usable
 from cvm.errors import CvmError
-from cvm.training.checkpoints import CheckpointManager
+from cvm.training.checkpoints import CheckpointManager, check_finite, write_error
 from cvm.training.config import TrainConfig
 from cvm.training.distribute import is_chief, make_strategy
 from cvm.training.optimizers import FusedAdam
@@ -38,16 +39,12 @@ def build_encoder(config: TrainConfig):
     """The retrieval model of `config` (weights random or as --weights says)."""
     from cvm.models import build_model, builder_options
 
-    options = dict(keep_prob=config.keep_prob, weights=config.weights, output_dim=config.output_dim,
-                   clusters=config.clusters, backbone_width=config.backbone_width,
-                   freeze_blocks=config.freeze_blocks, normalize_output=config.normalize_output,
-                   init=config.init, sinkhorn_iterations=config.sinkhorn_iterations,
-                   sinkhorn_scale=config.sinkhorn_scale, resize_mode=config.resize_mode,
-                   spatial_maps=config.spatial_maps, multiscale=config.multiscale)
+    # Flags are shared by all methods; each builder takes the options its signature names (the CLI
+    # refuses a model flag the method does not take: TrainConfig.unused_fields).
+    options = {name: getattr(config, name) for name in config.model_options()}
     # Methods whose weights depend on the input size (SAFA's importance generator) are built for it.
     spec = config.image_spec()
     options.update(ground_size=spec.ground_size, aerial_size=spec.aerial_size)
-    # Flags are shared by all methods; each builder takes the options it knows.
     accepted = builder_options(config.method)
     return build_model(config.method, **{k: v for k, v in options.items() if k in accepted})
 
@@ -100,6 +97,7 @@ class Run:
             self.val_pipeline = Pipeline(self.val_split, config.image_spec(), config.eval_augment_spec(),
                                          seed=2019 + config.seed, faults=self.pipeline.faults, cache=config.cache,
                                          normalize=False)
+        self._check_data()
         self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
         if config.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))
@@ -130,6 +128,13 @@ class Run:
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
+
+    def _check_data(self) -> None:
+        """Fail now, naming the split and the first absent files, if the training split has too few
+        complete samples for one batch or the validation split has none (cvm.data.pipeline.require_usable)."""
+        require_usable(self.pipeline, min(self.config.batch_size, len(self.train_split)), "training")
+        if self.val_pipeline is not None:
+            require_usable(self.val_pipeline, 1, "validation")
 
     def _check_previous_config(self) -> None:
         path = os.path.join(self.model_dir, "config.json")
@@ -165,9 +170,10 @@ class Run:
     # --- state ----------------------------------------------------------------------------------
     def restore_latest(self) -> dict:
         state = {"epoch": 0, "step": 0, "global_step": 0, "best": None, "history": []}
-        latest = self.checkpoints.latest()
+        # The newest checkpoint that reads and matches; a damaged one is skipped, saying so.
+        latest, restored = self.checkpoints.restore_newest(self.encoder, self.optimizer)
         if latest:
-            state.update(CheckpointManager.restore(latest, self.encoder, self.optimizer))
+            state.update(restored)
             logging.info("resumed from %s (epoch %d, step %d)", latest, state["epoch"], state["step"])
             if self.progress:
                 print(f"resuming {self.model_dir} at epoch {state['epoch'] + 1}, step {state['step']} "
@@ -218,21 +224,41 @@ class Run:
         start, done = time.perf_counter(), 0
         lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         every = max(1, int(config.log_every_steps))
+        pending = []  # (step, loss) since the last log point: a non-finite loss is named at its own step
         for batch in ds:
+            if faultinject.nan_due(state["global_step"]):  # testing aid (CVM_NAN_AT_STEP)
+                faultinject.poison(self.encoder.trainable_variables[0])
+            faultinject.enter_step(state, self.model_dir)
             loss = self._step_fn(batch)  # stays on the device between log points
             state["step"] += 1
             state["global_step"] += 1
             done += 1
+            pending.append((state["step"], loss))
             saving = bool(config.checkpoint_every_steps) and state["global_step"] % config.checkpoint_every_steps == 0
             if state["step"] % every == 0 or state["step"] == self.steps_per_epoch or saving:
+                self._check_losses(pending, epoch)
+                pending = []
                 self._log(float(loss), lr, epoch, state, bar)
             if saving:
                 self.save(state)
             if config.kill_after_steps and state["global_step"] >= config.kill_after_steps:
                 os.kill(os.getpid(), signal.SIGKILL)  # simulate `kill -9` (tests of resumption)
+        self._check_losses(pending, epoch)  # an epoch cut short by skipped samples: before validation
+        if not done and not skip:  # every sample was dropped: never report an epoch of no step as done
+            raise no_steps_error(self.pipeline.split, getattr(self.pipeline, "faults", None), epoch + 1)
         if self.chief and done:
             with self._writer("train").as_default(step=state["global_step"]):
                 tf.summary.scalar("pairs_per_second", done * config.batch_size / (time.perf_counter() - start))
+
+    def _check_losses(self, pending: list, epoch: int) -> None:
+        """CvmError at the first non-finite loss of `pending` [(step in epoch, loss tensor)], naming its step."""
+        for step, loss in pending:
+            value = float(loss)
+            if not np.isfinite(value):
+                latest = self.checkpoints.latest()
+                raise CvmError(f"the loss became {value} at epoch {epoch + 1}, step {step}: lower --lr, or use "
+                               "--precision float32; nothing after that step was saved, the last checkpoint is "
+                               f"{latest or 'none (none was written yet)'}")
 
     def _log(self, loss: float, lr: float, epoch: int, state: dict, bar) -> None:
         if not np.isfinite(loss):
@@ -274,12 +300,26 @@ class Run:
         if not self.chief:
             return
         best_dir = os.path.join(self.model_dir, "best")
-        os.makedirs(best_dir, exist_ok=True)
+        check_finite([(v.path, np.asarray(v.numpy())) for v in self.encoder.variables],
+                     f"{best_dir} not updated after epoch {epoch}")
         tmp = os.path.join(best_dir, "model.tmp.keras")
-        self.encoder.save(tmp)
-        os.replace(tmp, os.path.join(best_dir, "model.keras"))
-        with open(os.path.join(best_dir, "metrics.json"), "w") as f:
-            json.dump({"epoch": epoch, **metrics}, f, indent=1)
+        try:
+            os.makedirs(best_dir, exist_ok=True)
+            self.encoder.save(tmp)
+            faultinject.kill_point("best.model")
+            os.replace(tmp, os.path.join(best_dir, "model.keras"))
+            faultinject.kill_point("best.metrics")
+            write_json_atomic(os.path.join(best_dir, "metrics.json"), {"epoch": epoch, **metrics})
+        except OSError as exc:
+            raise write_error(os.path.join(best_dir, "model.keras"), exc, self.checkpoints.latest()) from None
+
+
+def write_json_atomic(path: str, values: dict) -> None:
+    """json.dump to a temporary name, then rename: a killed run never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(values, f, indent=1)
+    os.replace(tmp, path)
 
 
 def train(config: TrainConfig, strategy=None, progress: bool = True) -> dict:

@@ -17,6 +17,7 @@ def load_encoder(model_dir: str, checkpoint: str = "best"):
     """
     import keras
 
+    import cvm.models  # noqa: F401  (registers the custom layers a .keras file names; `import cvm` is light)
     from cvm.training.loop import build_encoder, set_precision
 
     config = TrainConfig.load(model_dir)
@@ -30,16 +31,18 @@ def load_encoder(model_dir: str, checkpoint: str = "best"):
         set_precision("float32")
         return keras.models.load_model(path, compile=False), config, path
     path = checkpoint
-    if checkpoint == "latest":
-        path = CheckpointManager(os.path.join(model_dir, "checkpoints")).latest()
-        if path is None:
-            raise CvmError(f"{model_dir} has neither best/model.keras nor checkpoints/ckpt-*.npz: "
-                           "train it first (cvm train --model_dir ...)")
-    if not os.path.isfile(path):
+    manager = CheckpointManager(os.path.join(model_dir, "checkpoints"))
+    if checkpoint == "latest" and manager.latest() is None:
+        raise CvmError(f"{model_dir} has neither best/model.keras nor checkpoints/ckpt-*.npz: "
+                       "train it first (cvm train --model_dir ...)")
+    if checkpoint != "latest" and not os.path.isfile(path):
         raise CvmError(f"checkpoint not found: {path}")
     set_precision("float32")
     import dataclasses
 
     encoder = build_encoder(dataclasses.replace(config, weights=None))  # weights come from the checkpoint
-    state = CheckpointManager.restore(path, encoder)
+    if checkpoint == "latest":  # the newest one that reads and matches (a damaged one is skipped, saying so)
+        path, state = manager.restore_newest(encoder)
+    else:
+        state = CheckpointManager.restore(path, encoder)
     return encoder, config, f"{path} (epoch {state['epoch']}, step {state['step']})"

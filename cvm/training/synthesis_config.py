@@ -106,6 +106,36 @@ class SynthesisConfig(ModelDirConfig):
             changes["batch_size"] = 16  # train_xfork_pano2aerial_with_edgemap.lua
         return dataclasses.replace(self, **changes)
 
+    def unused_fields(self) -> dict:
+        """{field: why this run does not use it} for every field that has no effect on this run.
+
+        A reason completes "--field has no effect: ...". The CLI refuses such a field given as a flag
+        (cvm.cli.flag_use) and a run's flags.cfg leaves these fields out.
+        """
+        from cvm.data.synthesis import SYNTHESIS_PRESETS
+        from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
+
+        c = self.resolved()
+        unused = {}
+        if c.dataset == "synthetic":
+            unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
+        else:
+            for name in ("synthetic_pairs", "synthetic_seed"):
+                unused[name] = f"only --dataset synthetic uses it (this run: --dataset {c.dataset})"
+        if not ARCH[c.method].get("sequential"):
+            unused["lambda_grads"] = f"only X-Seq (--method xseq) feeds G2's input gradient back, not {c.method}"
+        if not ARCH[c.method]["fork"] and not ARCH[c.method].get("sequential"):
+            unused["lambda_seg"] = f"--method {c.method} has no segmentation output"
+        if ARCH[c.method]["family"] == "borji":
+            unused["fix_fork_relu"] = (f"the CVPR 2018 generators ({c.method}) have that ReLU; only the ICCV19 "
+                                       "forks (xfork_pano2aerial, xfork_aerial2pano) lack it")
+        preset = SYNTHESIS_PRESETS.get(c.preset)
+        if not c.edge_map and preset is not None and preset.edge_map:
+            unused["edge_map"] = f"--preset={c.preset} appends the edge channel in any case"
+        if not c.homography:
+            unused["homography_size"] = "there is no --homography to place"
+        return unused
+
     def validate(self) -> None:
         c = self.resolved()
         if c.precision not in PRECISIONS:

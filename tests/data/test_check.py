@@ -160,3 +160,166 @@ def test_usage_errors_raise(tmp_path):
         check_dataset("cvusa", tmp_path, layout="distributed")
     with pytest.raises(CvmError, match=str(tmp_path / "missing")):
         main_check("ucfop", tmp_path / "missing")
+
+
+# --- every fault named: `cvm data synth` folders with several faults of each kind --------------------
+
+@pytest.fixture(scope="module")
+def synth_cvusa(tmp_path_factory):
+    """A clean 16-pair `cvm data synth` CVUSA folder (12 train, 4 val), copied per test by `faulty_cvusa`."""
+    from cvm.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "cvusa"
+    write_dataset(str(root), layout="cvusa", pairs=16, seed=3, val_fraction=0.25, progress=False, segmaps=False)
+    return root
+
+
+def _deny_reads(monkeypatch, paths):
+    """Make `paths` unreadable: chmod 000, or (as root, who reads anyway) an open() that raises EACCES."""
+    if os.geteuid() != 0:
+        for path in paths:
+            os.chmod(path, 0)
+        return
+    import builtins
+
+    from cvm.data import records
+
+    denied = {str(p) for p in paths}
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if str(file) in denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(records, "open", guarded_open, raising=False)
+
+
+@pytest.fixture
+def faulty_cvusa(synth_cvusa, tmp_path, monkeypatch):
+    """The synth folder with two or more faults of every kind in train; returns (root, {path: reason})."""
+    import shutil
+
+    root = tmp_path / "cvusa"
+    shutil.copytree(synth_cvusa, root)
+    pano = lambda i: root / "streetview" / "panos" / f"{i:07d}.jpg"  # noqa: E731
+    aerial = lambda i: root / "bingmap" / "19" / f"{i:07d}.jpg"  # noqa: E731
+    expected = {}
+    for path in (pano(1), pano(2), aerial(3)):
+        os.remove(path)
+    expected.update({str(pano(1)): "missing (ground)", str(pano(2)): "missing (ground)",
+                     str(aerial(3)): "missing (aerial)"})
+    for path in (aerial(4), aerial(5), pano(6)):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        expected[str(path)] = "truncated: no end-of-image marker"
+    for path in (pano(4), aerial(6)):
+        path.write_bytes(b"")
+        expected[str(path)] = "empty file, 0 bytes"
+    for path in (pano(7), aerial(7)):
+        path.write_bytes(b"GIF89a this is not an image at all")
+        expected[str(path)] = "cannot be decoded: corrupt or not an image"
+    for path in (pano(8), aerial(8)):
+        os.remove(path)
+        os.mkdir(path)
+        expected[str(path)] = "a directory, not a file"
+    _deny_reads(monkeypatch, [pano(9), aerial(9)])
+    expected[str(pano(9))] = expected[str(aerial(9))] = "cannot be read: Permission denied"
+    write_image(pano(10), (100, 400))
+    write_image(aerial(11), (64, 64))
+    expected[str(pano(10))] = "wrong size: 100x400 (h x w), expected 224x1232 (h x w)"
+    expected[str(aerial(11))] = "wrong size: 64x64 (h x w), expected 750x750 (h x w)"
+    yield root, expected
+    for path in (pano(9), aerial(9)):
+        os.chmod(path, 0o644)
+
+
+def test_every_fault_of_every_kind_is_named_and_listed(faulty_cvusa, tmp_path):
+    root, expected = faulty_cvusa
+    out = io.StringIO()
+    report_file = tmp_path / "reports" / "check.txt"
+    os.makedirs(report_file.parent)
+    assert main_check("cvusa", str(root), out=out, progress=False, workers=2, report_path=str(report_file)) == 1
+    text = out.getvalue()
+    for path in expected:
+        assert path in text, path
+    assert "train: 12 pairs (official: 35532), 24 files: 3 missing, 11 unreadable, 2 of wrong size" in text
+    assert "3 missing file(s) (2 ground, 1 aerial):" in text
+    # Each reason is counted (in the order first met in the split) and its files named.
+    assert ("11 unreadable file(s): 2 empty file, 0 bytes; 3 truncated: no end-of-image marker; 2 cannot be "
+            "decoded: corrupt or not an image; 2 a directory, not a file; 2 cannot be read: Permission denied"
+            ) in text
+    assert "2 file(s) of wrong size:" in text
+    assert f"The complete list of the {len(expected)} faulty file(s), one path and reason per line: {report_file}" in text
+    assert text.strip().splitlines()[-1].startswith("CVUSA is NOT usable: train 3 missing and 11 unreadable")
+
+    lines = report_file.read_text().splitlines()
+    assert len(lines) == len(expected)
+    assert dict(line.split("\t") for line in lines) == expected
+
+
+def test_long_fault_lists_are_cut_per_kind_and_the_report_has_them_all(tmp_path):
+    pairs = []
+    for i in range(25):  # 25 missing panoramas, 22 truncated aerials
+        ground = tmp_path / f"g{i}.jpg"
+        aerial = tmp_path / f"a{i}.jpg"
+        if i < 22:
+            write_image(aerial, (8, 8))
+            data = aerial.read_bytes()
+            aerial.write_bytes(data[:-20])
+        else:
+            write_image(aerial, (8, 8))
+        pairs.append(Pair(str(ground), str(aerial), str(i)))
+    split_report = check_split(Split("cvusa", "train", str(tmp_path), pairs))
+    text = "\n".join(split_report.format_lines())
+    assert split_report.missing == 25 and len(split_report.missing_files) == 25
+    assert text.count("    missing: ") == 20 and "... and 5 more missing" in text
+    assert text.count("    unreadable: ") == 20 and "... and 2 more unreadable (truncated" in text
+    for i in range(20):
+        assert str(tmp_path / f"g{i}.jpg") in text
+    assert str(tmp_path / "g20.jpg") not in text
+
+    from cvm.data.check import DatasetReport, write_fault_list
+
+    path = write_fault_list(DatasetReport("cvusa", str(tmp_path), [split_report]), str(tmp_path / "all.txt"))
+    lines = open(path).read().splitlines()
+    assert len(lines) == 47
+    assert sum(line.endswith("\tmissing (ground)") for line in lines) == 25
+
+
+def test_default_report_file_is_in_the_root_else_the_current_directory(tmp_path, monkeypatch):
+    from cvm.data import check as check_module
+
+    root = make_cvusa(tmp_path / "cvusa", train_ids=("0000001",), val_ids=("0000002",))
+    os.remove(root / "bingmap" / "19" / "0000002.jpg")
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False) == 1
+    in_root = root / "cvm_check_cvusa.txt"
+    assert f"one path and reason per line: {in_root}" in out.getvalue()
+    assert in_root.read_text() == f"{root / 'bingmap' / '19' / '0000002.jpg'}\tmissing (aerial)\n"
+
+    # A read-only dataset folder (simulated: root may write anywhere): the report goes to the current directory.
+    cwd = tmp_path / "cwd"
+    os.makedirs(cwd)
+    monkeypatch.chdir(cwd)
+    real_write = check_module._write_atomic
+
+    def read_only_root(path, text):
+        if os.path.dirname(os.path.abspath(path)) == str(root):
+            raise PermissionError(13, "Permission denied", path)
+        real_write(path, text)
+
+    monkeypatch.setattr(check_module, "_write_atomic", read_only_root)
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False) == 1
+    assert f"one path and reason per line: {cwd / 'cvm_check_cvusa.txt'}" in out.getvalue()
+    assert (cwd / "cvm_check_cvusa.txt").read_text().count("\n") == 1
+
+    # A clean dataset still gets its (empty) report, so an old list never outlives the fix.
+    make_cvusa(root, train_ids=("0000001",), val_ids=("0000002",))
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False, report_path=str(cwd / "r.txt")) == 0
+    assert f"No faulty files; report (empty): {cwd / 'r.txt'}" in out.getvalue()
+    assert (cwd / "r.txt").read_text() == ""
+    with pytest.raises(CvmError, match="--report"):
+        main_check("cvusa", str(root), out=io.StringIO(), progress=False, report_path=str(cwd / "no" / "r.txt"))
