@@ -32,21 +32,11 @@ FLAGS = flags.FLAGS
 
 
 def check_flags(fv, argv) -> None:
-    """Refuse flags this evaluation would not use (cvm.cli.flag_use)."""
+    """Refuse flags this run would not use (cvm.cli.flag_use)."""
     from cvm.cli import flag_use
-    from cvm.errors import CvmError
     from cvm.training.config import TrainConfig
 
-    if len(argv) > 1 or not fv.model_dir:
-        return  # main says what is wrong
-    try:
-        config = TrainConfig.load(fv.model_dir)
-    except CvmError:
-        return  # main names the missing or foreign config.json
-    unused = {}
-    if (fv.dataset or config.dataset) == "synthetic":
-        unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
-    flag_use.check_verb(fv, unused, [__name__], "cvm eval")
+    flag_use.check_model_dir_verb(fv, argv, TrainConfig, [__name__], "cvm eval")
 
 
 def main(argv) -> int:

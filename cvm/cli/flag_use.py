@@ -46,6 +46,24 @@ def check_verb(flag_values, unused: Mapping[str, str], modules: Iterable[str], s
     check(flag_values, unused, takes, subject)
 
 
+def check_model_dir_verb(flag_values, argv, config_class, modules: Iterable[str], subject: str) -> None:
+    """`check_verb` for a verb that reads a run's model_dir (cvm eval, cvm synthesize): --root is unused
+    when the run's (or the given) dataset is the synthetic world. A missing or foreign model_dir is left
+    for the verb's main to report."""
+    from cvm.errors import CvmError
+
+    if len(argv) > 1 or not flag_values.model_dir:
+        return  # main says what is wrong
+    try:
+        config = config_class.load(flag_values.model_dir)
+    except CvmError:
+        return  # main names the missing or foreign config.json
+    unused = {}
+    if (flag_values.dataset or config.dataset) == "synthetic":
+        unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
+    check_verb(flag_values, unused, modules, subject)
+
+
 def train_unused(flag_values) -> tuple:
     """({flag: reason}, subject) of `cvm train`'s flags for the parsed --method: the flags of the other
     method family and the fields the method's config does not use."""

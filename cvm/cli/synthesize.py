@@ -32,19 +32,9 @@ FLAGS = flags.FLAGS
 def check_flags(fv, argv) -> None:
     """Refuse flags this run would not use (cvm.cli.flag_use)."""
     from cvm.cli import flag_use
-    from cvm.errors import CvmError
     from cvm.training.synthesis_config import SynthesisConfig
 
-    if len(argv) > 1 or not fv.model_dir:
-        return  # main says what is wrong
-    try:
-        config = SynthesisConfig.load(fv.model_dir)
-    except CvmError:
-        return  # main names the missing or foreign config.json
-    unused = {}
-    if (fv.dataset or config.dataset) == "synthetic":
-        unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
-    flag_use.check_verb(fv, unused, [__name__], "cvm synthesize")
+    flag_use.check_model_dir_verb(fv, argv, SynthesisConfig, [__name__], "cvm synthesize")
 
 
 def main(argv) -> int:

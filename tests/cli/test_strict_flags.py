@@ -218,3 +218,15 @@ def test_other_verbs_refuse_unused_flags_in_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "x")  # refused before anything ran
     check = cvm("data", "check", "--dataset=cvusa", f"--root={tmp_path}", "--cvact_mat=/x/ACT_data.mat")
     assert check.returncode == 2 and "--cvact_mat has no effect: only --dataset cvact reads it" in check.stderr
+
+
+def test_eval_and_synthesize_refuse_root_for_a_synthetic_run(tmp_path):
+    from cvm.training.config import TrainConfig
+    from cvm.training.synthesis_config import SynthesisConfig
+
+    TrainConfig(model_dir=str(tmp_path / "retrieval")).save(str(tmp_path / "retrieval"))
+    SynthesisConfig(method="xfork", model_dir=str(tmp_path / "gan")).save(str(tmp_path / "gan"))
+    for verb, run in (("eval", "retrieval"), ("synthesize", "gan")):
+        out = cvm(verb, f"--model_dir={tmp_path / run}", "--root=/data")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "--root has no effect: --dataset synthetic is rendered in memory" in out.stderr, out.stderr[-2000:]
