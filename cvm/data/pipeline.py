@@ -1,7 +1,8 @@
 """tf.data pipelines: records -> decoded, augmented, normalised batches.
 
-Decoding, resizing and augmentation run in OpenCV (exactly the originals' conventions) inside a
-parallel `tf.data` map; the cast to float32 and the mean subtraction run as TF ops on whole batches.
+Decoding, resizing and augmentation run in OpenCV (exactly the originals' conventions) on a pool of
+threads (`cvm.data.batching`, shared by every pipeline); the cast to float32 and the mean subtraction
+run as TF ops on whole batches.
 
 Elements are `(features, meta)` tuples:
   features = {"ground": float32 [B, Hg, Wg, 3], "aerial": float32 [B, Ha, Wa, 3]} (the model input;
@@ -32,6 +33,7 @@ from absl import logging
 
 from cvm.data import augment as augment_lib
 from cvm.data import images
+from cvm.data.batching import EpochPipeline
 from cvm.data.records import Split, unreadable_reason
 from cvm.errors import CvmError
 
@@ -243,7 +245,7 @@ def normalise_batch(images_uint8: tf.Tensor, spec: images.ImageSpec) -> tf.Tenso
     return x
 
 
-class Pipeline:
+class Pipeline(EpochPipeline):
     """Builds the train and eval datasets of one split.
 
     Args:
@@ -254,8 +256,7 @@ class Pipeline:
       seed: the seed of shuffles and augmentation draws.
       faults: where skipped samples are reported (a FaultReport; `faults_path` makes one).
       cache: keep decoded images in memory after the first epoch (decode is the dominant cost).
-      num_parallel_calls: parallel decoders (default: cores + 2; measured 1.25x tf.data.AUTOTUNE's
-        choice on 2 cores, since decodes wait on file reads and the in-order output).
+      num_parallel_calls: decoding threads (default: the usable cores; `cvm.data.batching`).
       normalize: emit float32 images with the spec's mean subtracted (True) or the uint8 images
         (False: the consumer applies `normalise_batch`, as the trainer does on the device).
     """
@@ -265,96 +266,39 @@ class Pipeline:
                  cache: bool = False, num_parallel_calls: Optional[int] = None, normalize: bool = True):
         if len(split) == 0:
             raise CvmError(f"{split.dataset} split {split.name!r} has no pairs (root: {split.root})")
+        super().__init__(seed, num_parallel_calls)
         if faults is None:
             faults = FaultReport(faults_path)
         self.split = split
         self.spec = spec
         self.augment = augment
-        self.seed = int(seed)
         self.faults = faults
         self.loader = PairLoader(split, spec, augment, seed, faults, cache)
-        self.num_parallel_calls = num_parallel_calls or (os.cpu_count() or 1) + 2
         self.normalize = bool(normalize)
         locations = split.locations()
         self._locations = None if locations is None else tf.constant(locations, tf.float64)
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The sample order of a training epoch (a pure function of seed and epoch)."""
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.split)).astype(np.int64)
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        """Full batches per training epoch when no sample is skipped."""
-        return len(self.split) // int(batch_size)
 
     def sample_files(self, index: int) -> tuple:
         """The files sample `index` is read from (`require_usable`)."""
         pair = self.split[int(index)]
         return (pair.ground_path, pair.aerial_path)
 
-    def _load_fn(self, train: bool):
-        loader = self.loader
-        g_shape, a_shape = loader.ground_shape, loader.aerial_shape
+    def sample_spec(self) -> dict:
+        return {"ground": (self.loader.ground_shape, np.uint8), "aerial": (self.loader.aerial_shape, np.uint8),
+                "yaw": ((), np.float32)}
 
-        def load(epoch, index):
-            ground, aerial, yaw, ok = tf.numpy_function(
-                lambda i, e: loader.load(i, e, train), [index, epoch],
-                [tf.uint8, tf.uint8, tf.float32, tf.bool], name="load_pair")
-            ground.set_shape(g_shape)
-            aerial.set_shape(a_shape)
-            yaw.set_shape(())
-            ok.set_shape(())
-            return {"ground": ground, "aerial": aerial, "index": index, "yaw": yaw, "ok": ok}
+    def load_sample(self, index: int, epoch: int, train: bool) -> Optional[dict]:
+        ground, aerial, yaw, ok = self.loader.load(index, epoch, train)
+        return {"ground": ground, "aerial": aerial, "yaw": yaw} if ok else None
 
-        return load
-
-    def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        spec, locations, normalize = self.spec, self._locations, self.normalize
-
-        def split_batch(batch):
-            features = {"ground": batch["ground"], "aerial": batch["aerial"]}
-            if normalize:
-                features = {k: normalise_batch(v, spec) for k, v in features.items()}
-            meta = {"index": batch["index"], "yaw": batch["yaw"]}
-            if locations is not None:
-                meta["location"] = tf.gather(locations, batch["index"])
-            return features, meta
-
-        return ds.map(split_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    def _samples(self, indices: tf.data.Dataset, train: bool) -> tf.data.Dataset:
-        """(epoch, index) elements -> loaded samples, failures filtered out, order kept."""
-        return (indices.map(self._load_fn(train), num_parallel_calls=self.num_parallel_calls, deterministic=True)
-                .filter(lambda s: s["ok"]))
-
-    def train(self, batch_size: int, start_epoch: int = 0, epochs: Optional[int] = None,
-              skip_batches: int = 0) -> tf.data.Dataset:
-        """Full shuffled batches for epochs start_epoch .. epochs-1 (forever if epochs is None).
-
-        `skip_batches` drops that many batches of `start_epoch` first: resuming mid-epoch.
-        """
-        batch_size = int(batch_size)
-        if batch_size > len(self.split):
-            raise CvmError(f"--batch_size {batch_size} is larger than the {self.split.dataset} "
-                           f"{self.split.name} split ({len(self.split)} pairs)")
-        n = len(self.split)
-        order_fn = self.epoch_order
-
-        def one_epoch(epoch):
-            order = tf.numpy_function(order_fn, [epoch], tf.int64, name="epoch_order")
-            order.set_shape((n,))
-            indices = tf.data.Dataset.from_tensor_slices(order).map(lambda i: (epoch, i))
-            return self._samples(indices, train=True).batch(batch_size, drop_remainder=True)
-
-        stop = np.iinfo(np.int64).max if epochs is None else int(epochs)
-        ds = tf.data.Dataset.range(int(start_epoch), stop).flat_map(one_epoch)
-        if skip_batches:
-            ds = ds.skip(int(skip_batches))
-        return self._finish(ds)
-
-    def eval(self, batch_size: int) -> tf.data.Dataset:
-        """Every sample once, in split order; the last batch may be partial."""
-        indices = tf.data.Dataset.range(len(self.split)).map(lambda i: (tf.constant(0, tf.int64), i))
-        return self._finish(self._samples(indices, train=False).batch(int(batch_size)))
+    def finish_batch(self, batch: dict):
+        features = {"ground": batch["ground"], "aerial": batch["aerial"]}
+        if self.normalize:
+            features = {k: normalise_batch(v, self.spec) for k, v in features.items()}
+        meta = {"index": batch["index"], "yaw": batch["yaw"]}
+        if self._locations is not None:
+            meta["location"] = tf.gather(self._locations, batch["index"])
+        return features, meta
 
 
 def train_dataset(split: Split, spec: images.ImageSpec, batch_size: int, augment=None, seed: int = 0,

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvm.data import holdout
+from cvm.data.batching import EpochPipeline
 from cvm.errors import CvmError
 from cvm.training.checkpoints import CheckpointManager
 from cvm.training.config import TrainConfig
@@ -125,62 +126,38 @@ class _DumpSplit:
         return self._n
 
 
-class DescriptorPipeline:
+class DescriptorPipeline(EpochPipeline):
     """tf.data batches of fusion inputs from a dump: ground = concat(ground, synthesized), aerial.
 
-    The same contract as `cvm.data.pipeline.Pipeline` (train order `default_rng([seed, epoch])
-    .permutation`, full batches, `skip_batches` to resume; eval in order, partial last batch).
+    The schedule of every pipeline (`cvm.data.batching`: train order `default_rng([seed, epoch])
+    .permutation`, full batches, `skip_batches` to resume; eval in order, partial last batch); the
+    rows are in memory, so one thread gathers them. meta["index"] is the dump's pair index.
     """
 
     normalize = True  # descriptors need no image normalisation
 
     def __init__(self, arrays: dict, name: str, dataset: str, seed: int = 0, without_synthesized: bool = False):
+        super().__init__(seed, num_parallel_calls=1)
         synthesized = np.asarray(arrays["synthesized"])
         if without_synthesized:  # the control: same layers and training, the synthesized half zeroed
             synthesized = np.zeros_like(synthesized)
         self.ground = np.concatenate([arrays["ground"], synthesized], axis=1).astype(np.float32)
         self.aerial = np.asarray(arrays["aerial"], np.float32)
         self.index = np.asarray(arrays["index"], np.int64)
-        self.seed = int(seed)
         self.split = _DumpSplit(name, dataset, len(self.index))
         if len(self.index) == 0:
             raise CvmError(f"the {dataset} {name} descriptor dump has no rows")
+        self._pair_index = tf.constant(self.index)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return len(self.index) // int(batch_size)
+    def sample_spec(self) -> dict:
+        return {"ground": (self.ground.shape[1:], np.float32), "aerial": (self.aerial.shape[1:], np.float32)}
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.index)).astype(np.int64)
+    def load_sample(self, index: int, epoch: int, train: bool) -> dict:
+        return {"ground": self.ground[index], "aerial": self.aerial[index]}
 
-    def _batches(self, rows: tf.data.Dataset) -> tf.data.Dataset:
-        ground, aerial, index = tf.constant(self.ground), tf.constant(self.aerial), tf.constant(self.index)
-
-        def gather(r):
-            return ({"ground": tf.gather(ground, r), "aerial": tf.gather(aerial, r)},
-                    {"index": tf.gather(index, r)})
-
-        return rows.map(gather).prefetch(tf.data.AUTOTUNE)
-
-    def train(self, batch_size: int, start_epoch: int = 0, epochs: Optional[int] = None,
-              skip_batches: int = 0) -> tf.data.Dataset:
-        batch_size = int(batch_size)
-        n = len(self.index)
-        if batch_size > n:
-            raise CvmError(f"--batch_size {batch_size} is larger than the {n} descriptors of {self.split.name}")
-
-        def one_epoch(epoch):
-            order = tf.numpy_function(self.epoch_order, [epoch], tf.int64, name="epoch_order")
-            order.set_shape((n,))
-            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
-
-        stop = np.iinfo(np.int64).max if epochs is None else int(epochs)
-        ds = tf.data.Dataset.range(int(start_epoch), stop).flat_map(one_epoch)
-        if skip_batches:
-            ds = ds.skip(int(skip_batches))
-        return self._batches(ds)
-
-    def eval(self, batch_size: int) -> tf.data.Dataset:
-        return self._batches(tf.data.Dataset.range(len(self.index)).batch(int(batch_size)))
+    def finish_batch(self, batch: dict):
+        return ({"ground": batch["ground"], "aerial": batch["aerial"]},
+                {"index": tf.gather(self._pair_index, batch["index"])})
 
 
 def selection_score(metrics: dict, n_references: int) -> float:

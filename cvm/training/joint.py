@@ -157,33 +157,18 @@ class SynthesizedViewPipeline(Pipeline):
             self.faults.record(path, f"{type(exc).__name__}: {exc}")
             return failed
 
-    def _load_fn(self, train: bool):
-        g_shape, a_shape = self.loader.ground_shape, self.loader.aerial_shape
+    def sample_spec(self) -> dict:
+        return {**super().sample_spec(), "synthesized": (self.loader.aerial_shape, np.uint8)}
 
-        def load(epoch, index):
-            ground, aerial, synthesized, yaw, ok = tf.numpy_function(
-                lambda i, e: self.load_three(i, e, train), [index, epoch],
-                [tf.uint8, tf.uint8, tf.uint8, tf.float32, tf.bool], name="load_three_views")
-            ground.set_shape(g_shape)
-            aerial.set_shape(a_shape)
-            synthesized.set_shape(a_shape)
-            yaw.set_shape(())
-            ok.set_shape(())
-            return {"ground": ground, "aerial": aerial, "synthesized": synthesized, "index": index, "yaw": yaw,
-                    "ok": ok}
+    def load_sample(self, index: int, epoch: int, train: bool) -> Optional[dict]:
+        ground, aerial, synthesized, yaw, ok = self.load_three(index, epoch, train)
+        return {"ground": ground, "aerial": aerial, "synthesized": synthesized, "yaw": yaw} if ok else None
 
-        return load
-
-    def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-        spec, normalize = self.spec, self.normalize
-
-        def split_batch(batch):
-            features = {k: batch[k] for k in ("ground", "aerial", "synthesized")}
-            if normalize:
-                features = {k: normalise_batch(v, spec) for k, v in features.items()}
-            return features, {"index": batch["index"], "yaw": batch["yaw"]}
-
-        return ds.map(split_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def finish_batch(self, batch: dict):
+        features = {k: batch[k] for k in ("ground", "aerial", "synthesized")}
+        if self.normalize:
+            features = {k: normalise_batch(v, self.spec) for k, v in features.items()}
+        return features, {"index": batch["index"], "yaw": batch["yaw"]}
 
 
 class JointTrainer(RetrievalTrainer):
