@@ -11,6 +11,10 @@
       always written to --report FILE (default ROOT/cvm_check_<dataset>.txt, or
       ./cvm_check_<dataset>.txt if the root is read-only); the output gives its path.
       Exit status 0 only if the dataset is usable.
+  cvm data check --dataset cvusa --root DIR --direction g2a|a2g [--split_file F] [--aerial_seg_dir D]
+      Check what a synthesis run in that direction reads instead: each split's list (g2a: Regmi's
+      splits/train_xfork_cvusa.txt, whose column 3 is the aerial segmentation target) and every input,
+      target and segmentation map it names.
   cvm data polar --dataset cvusa|cvact|ucfop --root DIR [--out DIR] [--workers N] [--nostretch]
       Precompute SAFA's polar maps (112x616, from the full-resolution aerial) into OUT/polarmap/,
       where the adapters read them (CVUSA: polarmap/19/NNNNNNN.png). Resumable (existing readable
@@ -50,6 +54,13 @@ flags.DEFINE_string("report", None, "check: file to write the complete list of f
                                     "per line (default ROOT/cvm_check_<dataset>.txt; if the root is read-only "
                                     "./cvm_check_<dataset>.txt, else the temp folder).")
 flags.DEFINE_list("splits", None, "check, polar: only these splits (e.g. 'test' for a CVACT ANU_data_test folder).")
+flags.DEFINE_enum("direction", None, ["a2g", "g2a"], "check, --dataset cvusa: check the files a synthesis run in "
+                                                   "this direction reads (g2a: Regmi's splits/train_xfork_cvusa.txt "
+                                                   "and the aerial maps of its column 3) instead of the retrieval pairs.")
+flags.DEFINE_string("split_file", None, "check --direction: the synthesis list to check (relative to --root or "
+                                        "absolute; '{split}' stands for train / val), as `cvm train --split_file`.")
+flags.DEFINE_string("aerial_seg_dir", None, "check --direction g2a: aerial maps at DIR/<aerial stem>.png instead of "
+                                            "column 3 of the list, as `cvm train --aerial_seg_dir`.")
 
 FLAGS = flags.FLAGS
 
@@ -78,6 +89,8 @@ def check() -> int:
     options = {}
     if FLAGS.dataset == "cvact":
         options = {"layout": FLAGS.cvact_layout, "mat_path": FLAGS.cvact_mat}
+    if FLAGS.direction:
+        options = {"direction": FLAGS.direction, "split_file": FLAGS.split_file, "aerial_seg_dir": FLAGS.aerial_seg_dir}
     return main_check(FLAGS.dataset, FLAGS.root, splits=FLAGS.splits, limit=FLAGS.limit, workers=FLAGS.workers,
                       report_path=FLAGS.report, **options)
 
@@ -112,7 +125,8 @@ def polar() -> int:
 # The flags each subcommand reads; the others have no effect on it.
 SUBCOMMAND_FLAGS = {
     "synth": ("out", "layout", "pairs", "seed", "val_fraction", "workers", "segmaps"),
-    "check": ("dataset", "root", "splits", "limit", "report", "workers", "cvact_layout", "cvact_mat"),
+    "check": ("dataset", "root", "splits", "limit", "report", "workers", "cvact_layout", "cvact_mat", "direction",
+              "split_file", "aerial_seg_dir"),
     "polar": ("dataset", "root", "out", "splits", "workers", "stretch", "polar_size", "cvact_layout", "cvact_mat"),
 }
 
@@ -134,6 +148,15 @@ def check_flags(fv, argv) -> None:
     if sub != "synth" and fv.dataset != "cvact":
         for name in ("cvact_layout", "cvact_mat"):
             unused[name] = f"only --dataset cvact reads it (this run: --dataset {fv.dataset})"
+    if sub == "check":
+        if fv.dataset != "cvusa":
+            for name in ("direction", "split_file", "aerial_seg_dir"):
+                unused[name] = f"only --dataset cvusa has synthesis lists to check (this run: --dataset {fv.dataset})"
+        elif not fv.direction:
+            for name in ("split_file", "aerial_seg_dir"):
+                unused[name] = "it places the files of a synthesis check: give --direction g2a or a2g"
+        elif fv.direction != "g2a":
+            unused["aerial_seg_dir"] = "--direction a2g targets panoramas, whose maps are the list's third column"
     flag_use.check_verb(fv, unused, [__name__], f"cvm data {sub}")
 
 

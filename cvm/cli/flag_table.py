@@ -61,10 +61,10 @@ def flagfile_line(name: str, kind, value, write_none: bool = True) -> Optional[s
     """One field as a flagfile line, or None to leave it out.
 
     A None str/size value is written `--name=` (which parse_value reads back as None) when
-    write_none; otherwise, and for every other None, the line is left out so the flag's default
-    applies.
+    write_none; otherwise, and for every other None (a tri-state bool's "unset" too), the line is
+    left out so the flag's default applies.
     """
-    if kind == "bool":
+    if kind == "bool" and value is not None:
         return f"--{name}" if value else f"--no{name}"
     if value is None:
         return f"--{name}=" if write_none and kind in ("str", "size") else None

@@ -12,7 +12,7 @@ fields the run uses, so it stays a valid flagfile.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from cvm.errors import CvmError
 
@@ -46,10 +46,11 @@ def check_verb(flag_values, unused: Mapping[str, str], modules: Iterable[str], s
     check(flag_values, unused, takes, subject)
 
 
-def check_model_dir_verb(flag_values, argv, config_class, modules: Iterable[str], subject: str) -> None:
+def check_model_dir_verb(flag_values, argv, config_class, modules: Iterable[str], subject: str,
+                         more_unused: Optional[Callable] = None) -> None:
     """`check_verb` for a verb that reads a run's model_dir (cvm eval, cvm synthesize): --root is unused
-    when the run's (or the given) dataset is the synthetic world. A missing or foreign model_dir is left
-    for the verb's main to report."""
+    when the run's (or the given) dataset is the synthetic world; `more_unused(flag_values, config)` adds
+    the verb's own {flag: reason}. A missing or foreign model_dir is left for the verb's main to report."""
     from cvm.errors import CvmError
 
     if len(argv) > 1 or not flag_values.model_dir:
@@ -61,6 +62,8 @@ def check_model_dir_verb(flag_values, argv, config_class, modules: Iterable[str]
     unused = {}
     if (flag_values.dataset or config.dataset) == "synthetic":
         unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
+    if more_unused is not None:
+        unused.update(more_unused(flag_values, config))
     check_verb(flag_values, unused, modules, subject)
 
 

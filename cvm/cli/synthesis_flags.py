@@ -46,6 +46,18 @@ FIELDS = {
     "label_smoothing": ("float", "Synthesis: the BCE target of real samples (0.9: one-sided label smoothing, as the "
                                  "originals; 1.0: none)."),
     "beta1": ("float", "Synthesis: Adam beta1 (0.5)."),
+    "split_file": ("str", "Synthesis, --dataset cvusa: the split list to read, relative to --root or absolute; "
+                          "'{split}' in it stands for train / val. Default: for g2a with segmentation maps Regmi's "
+                          "splits/{split}_xfork_cvusa.txt (aerial, panorama, aerial map: the target is column 3, "
+                          "as train_xfork_pano2aerial.lua), else splits/train-19zl.csv / val-19zl.csv."),
+    "aerial_seg_dir": ("str", "Synthesis, --dataset cvusa --direction g2a: read each aerial's segmentation map "
+                              "from DIR/<aerial stem>.png (DIR relative to --root or absolute) instead of column 3 "
+                              "of an X-Fork list; rows then come from the official CSVs (or --split_file)."),
+    "inference_mode": ("bool", "Synthesis: generate (validation, best/, TensorBoard images, and `cvm synthesize`'s "
+                               "default) with BatchNorm moving statistics and no dropout, as netG:evaluate(). "
+                               "Default: the method's original: off for xfork / xseq / xpix2pix, whose test "
+                               "scripts never call evaluate() (batch statistics, dropout on), on for the ICCV19 "
+                               "forks."),
     "image_every_steps": ("int", "Synthesis: write input / generated / target / segmentation images to TensorBoard "
                                  "every N steps (0: never)."),
 }

@@ -2,10 +2,15 @@
 
   cvm synthesize --model_dir runs/xfork_pano2aerial --root /data/CVUSA --split train --out synth/train
   cvm synthesize --model_dir runs/xfork_pano2aerial --root /data/CVUSA --split val --out synth/val --metrics
+  cvm synthesize --model_dir runs/xfork_dayton --split test --out synth/test --inference_mode
 
 One image per sample, named by its out_name (CVUSA: the aerial file's basename, as the original test
-script), at the model's target size, generator in inference mode. Resumable: images already in --out
-that decode are kept, the rest written (atomically), so an interrupted run just continues.
+script), at the model's target size. The generator runs in the run's test-time mode, by default the
+original test script's: xfork / xseq / xpix2pix with the batch's BatchNorm statistics and dropout on
+(test_fork.lua, test_seq.lua, test_pix2pix.lua never call netG:evaluate(); images then depend on their
+batch: --batch_size 10 is the scripts'), the ICCV19 forks in inference mode (moving statistics, no
+dropout); --inference_mode / --noinference_mode choose. Resumable: images already in --out that decode
+are kept, the rest written (atomically), so an interrupted run just continues.
 --metrics then scores the folder against the real targets (SSIM, PSNR, sharpness difference) into
 MODEL_DIR/results/synthesis_<dataset>_<split>.json.
 """
@@ -25,6 +30,13 @@ flags.DEFINE_integer("batch_size", None, "Generation batch size (default: the ru
 flags.DEFINE_string("checkpoint", "latest", "latest (newest checkpoint), best (lowest validation L1, if the run "
                                             "validated), or a checkpoints/ckpt-*.npz path.")
 flags.DEFINE_boolean("metrics", False, "Score the generated images against the real targets afterwards.")
+flags.DEFINE_boolean("inference_mode", None, "Generate with BatchNorm moving statistics and no dropout (netG:evaluate()); "
+                                             "--noinference_mode: with the batch's statistics and dropout on. Default: "
+                                             "the run's --inference_mode (the method's original: off for xfork / xseq / "
+                                             "xpix2pix, on for the ICCV19 forks).")
+flags.DEFINE_string("split_file", None, "--dataset cvusa: the list whose rows are synthesized (relative to --root or "
+                                        "absolute; '{split}' stands for train / val). Default: splits/train-19zl.csv / "
+                                        "val-19zl.csv, as test_xfork_pano2aerial.lua.")
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +46,13 @@ def check_flags(fv, argv) -> None:
     from cvm.cli import flag_use
     from cvm.training.synthesis_config import SynthesisConfig
 
-    flag_use.check_model_dir_verb(fv, argv, SynthesisConfig, [__name__], "cvm synthesize")
+    def unused(fv, config):
+        dataset = fv.dataset or config.dataset
+        if dataset != "cvusa":
+            return {"split_file": f"only --dataset cvusa reads a split list (this run: --dataset {dataset})"}
+        return {}
+
+    flag_use.check_model_dir_verb(fv, argv, SynthesisConfig, [__name__], "cvm synthesize", more_unused=unused)
 
 
 def main(argv) -> int:
@@ -49,9 +67,10 @@ def main(argv) -> int:
     from cvm.training.gan import synthesize
 
     summary = synthesize(FLAGS.model_dir, FLAGS.out, split=FLAGS.split, dataset=FLAGS.dataset, root=FLAGS.root,
-                         batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint, metrics=FLAGS.metrics)
+                         batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint, metrics=FLAGS.metrics,
+                         inference_mode=FLAGS.inference_mode, split_file=FLAGS.split_file)
     print(f"{summary['out_dir']}: {summary['written']} written, {summary['existing']} already there, "
-          f"{summary['samples']} samples ({summary['checkpoint']})")
+          f"{summary['samples']} samples ({summary['checkpoint']}, {summary['mode']})")
     if summary.get("skipped_unreadable"):
         print(f"{summary['skipped_unreadable']} samples skipped: unreadable inputs (see {FLAGS.model_dir}/results)")
     if "metrics" in summary:

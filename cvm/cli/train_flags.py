@@ -78,7 +78,11 @@ FIELDS = {
     "steps_per_epoch": ("int", "Cap on the steps of an epoch (default: the whole training split)."),
     "precision": (("enum", ["float32", "mixed_float16", "mixed_bfloat16"]), "Keras dtype policy; the loss is "
                                                                             "always float32."),
-    "jit_compile": ("bool", "XLA-compile the training step (default; --nojit_compile runs TF's kernels one by one)."),
+    "jit_compile": ("bool", "--jit_compile: XLA-compile the training step; --nojit_compile: TF's kernels one by "
+                            "one. Neither (the default): time both on one training batch before the first epoch "
+                            "(a few steps each; the training state is restored) and use the faster on this machine, "
+                            "recorded in MODEL_DIR/jit_choice.json, which a resumed run reuses (TF's kernels under "
+                            "--strategy multi_worker with several workers)."),
     "strategy": (("enum", ["default", "mirrored", "multi_worker"]), "tf.distribute strategy."),
     "seed": ("int", "Seed of initialisation, data order, augmentation and dropout."),
     "model_dir": ("str", "Run folder: config, checkpoints, best model, TensorBoard logs, results."),
@@ -97,9 +101,13 @@ FIELDS = {
 assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field needs a flag"
 
 
-def _default_text(value) -> str:
+# What a None default means, for the fields where it is not "none" (absl prints no default for a None bool).
+_NONE_DEFAULT_TEXT = {"jit_compile": "measured (see above)"}
+
+
+def _default_text(value, name: str = "") -> str:
     if value is None:
-        return "none"
+        return _NONE_DEFAULT_TEXT.get(name, "none")
     return flag_table.size_text(value) if isinstance(value, tuple) else str(value)
 
 
@@ -132,8 +140,8 @@ def help_texts() -> dict:
             else:
                 other_text = _default_text(other)
             if other_text != _default_text(retrieval):
-                text = (f"{text} Default: {_default_text(retrieval)} for retrieval methods; synthesis methods: "
-                        f"{other_text}.")
+                text = (f"{text} Default: {_default_text(retrieval, name)} for retrieval methods; synthesis "
+                        f"methods: {other_text}.")
             texts[name] = text
         else:
             if name in MODEL_OPTION_FIELDS:

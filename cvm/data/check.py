@@ -102,7 +102,8 @@ class SplitReport:
       pairs: pairs listed by the split file.
       checked_pairs: pairs whose files were checked (fewer than `pairs` with a limit).
       files: distinct files checked.
-      missing / missing_ground / missing_aerial: files that do not exist.
+      missing / missing_ground / missing_aerial / missing_segmaps: files that do not exist (segmentation
+        maps: synthesis checks only, `check_synthesis`).
       first_missing: path of the first missing file in split order.
       missing_files: (path, "ground" | "aerial") of every missing file, in split order.
       unreadable: (path, reason) of empty, truncated, undecodable or unreadable files and of
@@ -121,6 +122,7 @@ class SplitReport:
     missing: int = 0
     missing_ground: int = 0
     missing_aerial: int = 0
+    missing_segmaps: int = 0
     first_missing: Optional[str] = None
     missing_files: list = dataclasses.field(default_factory=list)
     unreadable: list = dataclasses.field(default_factory=list)
@@ -168,8 +170,9 @@ class SplitReport:
             status += ", of the official size"
         lines = [f"  {self.name}: {counted}, {self.files} files: {status}"]
         if self.missing:
+            maps = f", {self.missing_segmaps} segmentation map" if self.missing_segmaps else ""
             lines.append(f"    {self.missing} missing file(s) ({self.missing_ground} ground, "
-                         f"{self.missing_aerial} aerial):")
+                         f"{self.missing_aerial} aerial{maps}):")
             lines += _listed("missing", [f"{path} ({kind})" for path, kind in self.missing_files])
         if self.unreadable:
             by_reason = {}
@@ -206,6 +209,7 @@ class DatasetReport:
     splits: list
     limit: Optional[int] = None
     error: Optional[str] = None  # set when no split could be listed, for one shared reason
+    notes: list = dataclasses.field(default_factory=list)  # printed before the verdict; no effect on `usable`
 
     @property
     def usable(self) -> bool:
@@ -232,6 +236,7 @@ class DatasetReport:
                 lines.append(f"No faulty files in the splits that could be listed; report (empty): {report_path}")
             else:
                 lines.append(f"No faulty files; report (empty): {report_path}")
+        lines += [f"Note: {note}" for note in self.notes]
         lines.append(self._verdict(title))
         return "\n".join(lines)
 
@@ -288,32 +293,97 @@ def check_split(
     for pair in pairs:
         files.setdefault(pair.ground_path, "ground")
         files.setdefault(pair.aerial_path, "aerial")
-    report.files = len(files)
     report.sizes_checked = expected_ground is not None or expected_aerial is not None
-    expected = {"ground": expected_ground, "aerial": expected_aerial}
+    _check_files(report, files, {"ground": expected_ground, "aerial": expected_aerial}, workers, progress,
+                 f"{split.dataset}/{split.name}")
+    return report
 
+
+def _check_files(report: SplitReport, files: dict, expected: dict, workers: Optional[int], progress: bool,
+                 desc: str) -> None:
+    """Inspect each {path: kind} ("ground", "aerial", "segmentation map") into `report`."""
+    report.files = len(files)
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    counters = {"ground": "missing_ground", "aerial": "missing_aerial", "segmentation map": "missing_segmaps"}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_inspect, files)
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=len(files), desc=f"{split.dataset}/{split.name}", unit="img", file=sys.stderr)
+            results = tqdm(results, total=len(files), desc=desc, unit="img", file=sys.stderr)
         for (path, kind), (status, detail) in zip(files.items(), results):
             if status == "missing":
                 report.missing += 1
-                if kind == "ground":
-                    report.missing_ground += 1
-                else:
-                    report.missing_aerial += 1
+                setattr(report, counters[kind], getattr(report, counters[kind]) + 1)
                 if report.first_missing is None:
                     report.first_missing = path
                 report.missing_files.append((path, kind))
             elif status == "unreadable":
                 report.unreadable.append((path, detail))
-            elif not _size_matches(detail, expected[kind]):
-                report.wrong_size.append((path, detail, expected[kind]))
-    return report
+            elif not _size_matches(detail, expected.get(kind)):
+                report.wrong_size.append((path, detail, expected.get(kind)))
+
+
+def check_synthesis(root: str, direction: str, *, splits: Optional[Sequence[str]] = None,
+                    split_file: Optional[str] = None, aerial_seg_dir: Optional[str] = None,
+                    limit: Optional[int] = None, workers: Optional[int] = None,
+                    progress: bool = False) -> DatasetReport:
+    """Check what a CVUSA synthesis run in `direction` reads: each split's list (for g2a Regmi's
+    splits/{split}_xfork_cvusa.txt unless `split_file` / `aerial_seg_dir` say otherwise:
+    cvm.data.synthesis.load_cvusa_synthesis) and every input, target and target segmentation map it names.
+    """
+    from cvm.data.synthesis import cvusa_split_file, load_cvusa_synthesis
+
+    if direction not in ("a2g", "g2a"):
+        raise CvmError(f"--direction must be a2g (aerial -> ground) or g2a (ground -> aerial), got {direction!r}")
+    spec = DATASETS["cvusa"]
+    splits = tuple(splits) if splits else spec.splits
+    for name in splits:
+        if name not in spec.split_names:
+            raise CvmError(f"Unknown cvusa split {name!r}; valid splits: {', '.join(spec.split_names)}.")
+    if limit is not None and int(limit) < 1:
+        raise CvmError(f"The check limit must be a positive number of pairs, got {limit}.")
+    root = sources.require_root("cvusa", root)
+    ground_size, aerial_size = spec.sizes[(None, None)]
+    expected = {"ground": ground_size, "aerial": aerial_size, "segmentation map": None}
+    reports = []
+    for name in splits:
+        label = f"{name} ({direction} synthesis, {cvusa_split_file(name, split_file, direction, True, aerial_seg_dir)})"
+        try:
+            split = load_cvusa_synthesis(root, name, direction, segmaps=True, split_file=split_file,
+                                         aerial_seg_dir=aerial_seg_dir)
+        except CvmError as e:
+            reports.append(SplitReport(dataset="cvusa", name=label, error=str(e)))
+            continue
+        samples = split.samples if limit is None else split.samples[: int(limit)]
+        report = SplitReport(dataset="cvusa", name=label, pairs=len(split), checked_pairs=len(samples),
+                             official_pairs=spec.official_pairs.get(name), sizes_checked=True)
+        input_kind, target_kind = ("aerial", "ground") if direction == "a2g" else ("ground", "aerial")
+        files = {}
+        for sample in samples:
+            files.setdefault(sample.input_path, input_kind)
+            files.setdefault(sample.target_path, target_kind)
+            files.setdefault(sample.target_seg_path, "segmentation map")
+        _check_files(report, files, expected, workers, progress, f"cvusa/{name} ({direction})")
+        reports.append(report)
+    errors = {r.error for r in reports}
+    shared_error = errors.pop() if len(errors) == 1 and len(reports) > 1 and None not in errors else None
+    return DatasetReport(dataset="cvusa", root=root, splits=reports, limit=limit, error=shared_error)
+
+
+def _xfork_list_note(root: str) -> Optional[str]:
+    """A note for a plain CVUSA check: whether Regmi's panorama -> aerial X-Fork lists are there."""
+    from cvm.data.synthesis import XFORK_SPLIT_FILES
+
+    missing = [name for name in XFORK_SPLIT_FILES.values() if not os.path.isfile(os.path.join(root, "splits", name))]
+    if not missing:
+        return None
+    listed = ", ".join(f"splits/{name}" for name in missing)
+    return (f"{listed} not found: retrieval does not need it, but panorama -> aerial synthesis "
+            "(--method xfork_pano2aerial, --direction g2a) reads its aerial segmentation targets from column 3 "
+            "of Regmi's train_xfork_cvusa.txt (not published in github.com/kregmi/cross-view-image-matching); "
+            "`cvm data check --dataset cvusa --direction g2a` checks that list and its files, --split_file / "
+            "--aerial_seg_dir point at yours.")
 
 
 def check_dataset(
@@ -363,7 +433,12 @@ def check_dataset(
     # One shared reason (missing ACT_data.mat, wrong root) is stated once instead of per split.
     errors = {r.error for r in reports}
     shared_error = errors.pop() if len(errors) == 1 and len(reports) > 1 and None not in errors else None
-    return DatasetReport(dataset=dataset, root=root, splits=reports, limit=limit, error=shared_error)
+    notes = []
+    if dataset == "cvusa" and shared_error is None:
+        note = _xfork_list_note(root)
+        if note:
+            notes.append(note)
+    return DatasetReport(dataset=dataset, root=root, splits=reports, limit=limit, error=shared_error, notes=notes)
 
 
 def main_check(
@@ -376,21 +451,33 @@ def main_check(
     progress: Optional[bool] = None,
     out=None,
     report_path: Optional[str] = None,
+    direction: Optional[str] = None,
+    split_file: Optional[str] = None,
+    aerial_seg_dir: Optional[str] = None,
     **adapter_options,
 ) -> int:
     """Print the report of `check_dataset`, write its complete fault list, return 0 if usable, else 1.
 
     `progress=None` shows progress bars when stderr is a terminal. `report_path`: where the list of
-    every faulty file goes (`write_fault_list`; None: its default). CvmErrors for usage mistakes
-    (unknown dataset, missing root, bad option, an unwritable `report_path`) propagate to the CLI.
+    every faulty file goes (`write_fault_list`; None: its default). `direction` (cvusa only): check what
+    synthesis in that direction reads instead (`check_synthesis`, with `split_file` / `aerial_seg_dir`).
+    CvmErrors for usage mistakes (unknown dataset, missing root, bad option, an unwritable
+    `report_path`) propagate to the CLI.
     """
     if progress is None:
         progress = sys.stderr.isatty()
     if report_path:  # an unwritable --report fails before a long check, not after it
         write_fault_list(DatasetReport(dataset=dataset, root=str(root), splits=[]), report_path)
-    report = check_dataset(
-        dataset, root, splits=splits, limit=limit, workers=workers, progress=progress, **adapter_options
-    )
+    if direction is not None:
+        if dataset != "cvusa":
+            raise CvmError(f"--direction checks CVUSA's synthesis lists; --dataset {dataset} has none (its synthesis "
+                           "samples are the files `cvm data check` checks already)")
+        report = check_synthesis(root, direction, splits=splits, split_file=split_file, aerial_seg_dir=aerial_seg_dir,
+                                 limit=limit, workers=workers, progress=progress)
+    else:
+        report = check_dataset(
+            dataset, root, splits=splits, limit=limit, workers=workers, progress=progress, **adapter_options
+        )
     written = write_fault_list(report, report_path)
     print(report.format(report_path=written), file=out or sys.stdout)
     return 0 if report.usable else 1

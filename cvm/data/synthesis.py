@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from cvm.data import sources
+from cvm.data.batching import EpochPipeline
 from cvm.data.records import read_bgr
 from cvm.errors import CvmError
 
@@ -370,8 +371,10 @@ def load_synthesis_split(dataset: str, split: str, root: Optional[str] = None, d
       **options:
         segmaps (all, default True): give samples their target segmentation map; False leaves
           target_seg_path None (for evaluation / generation without maps).
-        CVUSA: split_file (a CSV relative to the root or absolute; default splits/train-19zl.csv or
-          val-19zl.csv), aerial_seg_dir (default "bingmap/annotations"), see `load_cvusa_synthesis`.
+        CVUSA: split_file (a list relative to the root or absolute, "{split}" standing for train / val;
+          default: Regmi's splits/train_xfork_cvusa.txt for g2a with maps, else splits/train-19zl.csv
+          or val-19zl.csv) and aerial_seg_dir (g2a: maps at <dir>/<aerial stem>.png instead of
+          column 3), see `load_cvusa_synthesis`.
         synthetic: val_fraction, ground_size ((H, W)) and aerial_size (side) to render at (default:
           the sizes the pipeline asks for, so no rescaling happens), render options of
           make_synthetic_split (fov_deg, vfov_deg, camera_height_m, max_range_m, aerial_mpp).
@@ -429,32 +432,99 @@ def load_pairs_synthesis(dataset: str, root: str, split: str, direction: str = "
     return SynthesisSplit(dataset, split, pairs.root, direction, samples, pairs.source)
 
 
+# Regmi & Shah's lists for the panorama -> aerial X-Fork (ICCV 2019): CVUSA has no aerial segmentation
+# maps, so train_xfork_pano2aerial.lua (and its _with_edgemap twin) read rows "aerial, panorama, aerial
+# segmentation map" (paths relative to the CVPR_subset root; csvigo, comma-separated) from
+# splits/train_xfork_cvusa.txt and take the target map from column 3. The file is not in either of Regmi's
+# repositories. The original validates nothing and its test script reads val-19zl.csv without maps, so
+# the validation list has no original: val_xfork_cvusa.txt is cvm's name for it, in the same format.
+XFORK_SPLIT_FILES = {"train": "train_xfork_cvusa.txt", "val": "val_xfork_cvusa.txt"}
+# In a --split_file name, "{split}" stands for the split read ("train" or "val"; "test" reads "val").
+SPLIT_PLACEHOLDER = "{split}"
+
+
+def cvusa_split_file(split: str, split_file: Optional[str] = None, direction: str = "g2a", segmaps: bool = True,
+                     aerial_seg_dir: Optional[str] = None) -> str:
+    """The file (relative to the CVUSA root, or absolute) a CVUSA synthesis split reads its rows from.
+
+    split_file given: that file, "{split}" replaced by "train" or "val". Otherwise g2a with maps from a
+    list (no aerial_seg_dir): splits/train_xfork_cvusa.txt / val_xfork_cvusa.txt (XFORK_SPLIT_FILES);
+    anything else: the official splits/train-19zl.csv / val-19zl.csv.
+    """
+    from cvm.data import cvusa
+
+    if split not in cvusa.SPLIT_FILES:
+        raise CvmError(f"Unknown CVUSA split {split!r}; valid splits: 'train', 'val', 'test' (alias of 'val').")
+    canonical = "train" if split == "train" else "val"
+    if split_file is not None:
+        return str(split_file).replace(SPLIT_PLACEHOLDER, canonical)
+    if segmaps and direction == "g2a" and aerial_seg_dir is None:
+        return os.path.join("splits", XFORK_SPLIT_FILES[canonical])
+    return os.path.join("splits", cvusa.SPLIT_FILES[split])
+
+
+def _missing_xfork_list(path: str, split: str) -> CvmError:
+    canonical = "train" if split == "train" else "val"
+    if canonical == "train":
+        origin = ("is Regmi & Shah's list for the panorama -> aerial X-Fork: train_xfork_pano2aerial.lua in "
+                  "github.com/kregmi/cross-view-image-matching (xview-synthesis/) reads each aerial's segmentation "
+                  "target from its column 3 (rows: aerial, panorama, aerial segmentation map, relative to the CVUSA "
+                  "root); CVUSA has no aerial maps and the list is not published in that repository (ask its "
+                  "author, or write one in that format)")
+    else:
+        origin = ("is the validation twin of Regmi & Shah's train_xfork_cvusa.txt (rows: aerial, panorama, aerial "
+                  "segmentation map): the original validates nothing and its test script reads val-19zl.csv "
+                  "without maps, so this is cvm's name for it; write one in that format, or leave --val_split empty")
+    return CvmError(f"CVUSA split file not found: {os.path.abspath(path)}. It {origin}. Point --split_file at the "
+                    f"list (relative to --root or absolute; '{SPLIT_PLACEHOLDER}' in the name stands for train / val), "
+                    "or pass --aerial_seg_dir=DIR to read DIR/<aerial stem>.png beside the official CSVs; "
+                    "see README 'Cross-view synthesis'.")
+
+
 def load_cvusa_synthesis(root: str, split: str, direction: str = "g2a", segmaps: bool = True,
-                         split_file: Optional[str] = None, aerial_seg_dir: str = "bingmap/annotations") -> SynthesisSplit:
-    """CVUSA synthesis samples from a split CSV (aerial, panorama, annotation per row).
+                         split_file: Optional[str] = None, aerial_seg_dir: Optional[str] = None) -> SynthesisSplit:
+    """CVUSA synthesis samples from a split list (aerial, panorama[, segmentation map] per row).
 
     Segmentation maps are the colour (3-channel) images read with OpenCV (issue #18):
       a2g (aerial -> panorama): the row's third column, the CVUSA street-view annotation
         (streetview/annotations/NNNNNNN.png in the official CSVs; Regmi's own CSV for this direction
-        was splits/train-19zl-segmap-rgb.csv);
-      g2a (panorama -> aerial): with the default CSVs, <aerial_seg_dir>/<aerial stem>.png (CVUSA has no
-        aerial maps: Regmi made his own and listed them in splits/train_xfork_cvusa.txt; pass that file
-        as split_file and its third column is used).
+        was splits/train-19zl-segmap-rgb.csv, pass it as split_file);
+      g2a (panorama -> aerial): CVUSA has no aerial maps. As train_xfork_pano2aerial.lua, the third
+        column of Regmi's list splits/train_xfork_cvusa.txt (val_xfork_cvusa.txt for val: XFORK_SPLIT_FILES),
+        or of the split_file given; a folder without it is a CvmError naming the file. With
+        aerial_seg_dir, rows come from the official CSVs (or split_file) and the map of a row is
+        <aerial_seg_dir>/<aerial stem>.png instead.
+    Without segmaps (generation) the official CSVs are read, as test_xfork_pano2aerial.lua does.
+
+    Args:
+      split_file: the list to read instead of the default above, relative to the root or absolute;
+        "{split}" in it becomes "train" or "val" ("test").
+      aerial_seg_dir: g2a only: the folder (relative to the root or absolute) of <aerial stem>.png maps.
+
     out_name is the aerial file's basename for both directions, as test_xfork_*.lua name their outputs.
     """
-    from cvm.data import cvusa
-
     direction = _check_direction(direction)
-    if split not in cvusa.SPLIT_FILES:
-        raise CvmError(f"Unknown CVUSA split {split!r}; valid splits: 'train', 'val', 'test' (alias of 'val').")
+    if aerial_seg_dir is not None and direction != "g2a":
+        raise CvmError("aerial_seg_dir applies to direction g2a (an aerial segmentation target); a2g's targets are "
+                       "panoramas, whose maps are the split file's third column")
+    rel = cvusa_split_file(split, split_file, direction, segmaps, aerial_seg_dir)
     root = sources.require_root("cvusa", root)
-    custom = split_file is not None
-    csv_path = os.path.join(root, split_file if custom else os.path.join("splits", cvusa.SPLIT_FILES[split]))
+    csv_path = os.path.join(root, rel)
     if not os.path.isfile(csv_path):
-        origin = ("is the CSV you passed as split_file" if custom else
-                  "comes with the CVPR_subset archive (splits.tar.gz) that the CVUSA authors send on request")
-        raise sources.missing_file_error("cvusa", csv_path, "split file", origin)
-    needs_third = segmaps and (direction == "a2g" or custom)
+        if split_file is not None:
+            raise sources.missing_file_error("cvusa", csv_path, "split file",
+                                             f"is the list --split_file names ({split_file})")
+        if segmaps and direction == "g2a" and aerial_seg_dir is None:
+            raise _missing_xfork_list(csv_path, split)
+        raise sources.missing_file_error("cvusa", csv_path, "split file", "comes with the CVPR_subset archive "
+                                         "(splits.tar.gz) that the CVUSA authors send on request")
+    seg_dir = None
+    if segmaps and aerial_seg_dir is not None:
+        seg_dir = os.path.join(root, aerial_seg_dir)
+        if not os.path.isdir(seg_dir):
+            raise CvmError(f"--aerial_seg_dir {aerial_seg_dir}: no such folder ({os.path.abspath(seg_dir)}); it should "
+                           "hold one <aerial stem>.png segmentation map per aerial of the split")
+    needs_third = segmaps and seg_dir is None
     fields = ("aerial", "ground", "segmentation map") if needs_third else ("aerial", "ground")
     rows = sources.read_split_rows("cvusa", csv_path, fields, "restore the file or fix the row")
     samples = []
@@ -464,10 +534,7 @@ def load_cvusa_synthesis(root: str, split: str, direction: str = "g2a", segmaps:
         stem = os.path.splitext(os.path.basename(row[0]))[0]
         seg = None
         if segmaps:
-            if needs_third:
-                seg = os.path.join(root, row[2])
-            else:
-                seg = os.path.join(root, aerial_seg_dir, f"{stem}.png")
+            seg = os.path.join(seg_dir, f"{stem}.png") if seg_dir is not None else os.path.join(root, row[2])
         inp, tgt = (aerial, ground) if direction == "a2g" else (ground, aerial)
         samples.append(SynthesisSample(id=stem, input_path=inp, target_path=tgt, target_seg_path=seg,
                                        out_name=os.path.basename(row[0])))
@@ -647,15 +714,15 @@ class SynthesisLoader:
                 np.zeros(self.target_shape, np.float32), False)
 
 
-class SynthesisPipeline:
-    """tf.data train / eval datasets of a synthesis split.
+class SynthesisPipeline(EpochPipeline):
+    """tf.data train / eval datasets of a synthesis split (the shared engine: `cvm.data.batching`).
 
     Args:
       split: a SynthesisSplit (`load_synthesis_split`).
       spec: sizes and preprocessing (`SYNTHESIS_PRESETS`).
       seed: seed of the epoch orders and the crop / flip draws.
       faults / faults_path: where skipped samples are reported (a FaultReport, or a file for a new one).
-      num_parallel_calls: parallel loaders (default: cores + 2, as the retrieval pipeline).
+      num_parallel_calls: loading threads (default: the usable cores, as the retrieval pipeline).
 
     Example:
       split = load_synthesis_split("synthetic", "train", direction="g2a", synthetic_pairs=20)
@@ -667,92 +734,36 @@ class SynthesisPipeline:
                  faults_path: Optional[str] = None, num_parallel_calls: Optional[int] = None):
         if len(split) == 0:
             raise CvmError(f"{split.dataset} split {split.name!r} has no samples (root: {split.root})")
+        super().__init__(seed, num_parallel_calls)
         if faults is None:
             from cvm.data.pipeline import FaultReport
 
             faults = FaultReport(faults_path)
         self.split = split
         self.spec = spec
-        self.seed = int(seed)
         self.faults = faults
         self.loader = SynthesisLoader(split, spec, seed, faults)
-        self.num_parallel_calls = num_parallel_calls or (os.cpu_count() or 1) + 2
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The sample order of a training epoch (a pure function of seed and epoch)."""
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.split)).astype(np.int64)
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        """Full batches per training epoch when no sample is skipped."""
-        return len(self.split) // int(batch_size)
+        self._names = None
 
     def sample_files(self, index: int) -> tuple:
         """The files sample `index` is read from (cvm.data.pipeline.require_usable)."""
         sample = self.split[int(index)]
         return tuple(p for p in (sample.input_path, sample.target_path, sample.target_seg_path) if p)
 
-    def _load_fn(self, train: bool):
+    def sample_spec(self) -> dict:
+        return {"input": (self.loader.input_shape, np.float32), "target": (self.loader.target_shape, np.float32),
+                "target_seg": (self.loader.target_shape, np.float32)}
+
+    def load_sample(self, index: int, epoch: int, train: bool) -> Optional[dict]:
+        x, y, s, ok = self.loader.load(index, epoch, train)
+        return {"input": x, "target": y, "target_seg": s} if ok else None
+
+    def finish_batch(self, batch: dict):
         import tensorflow as tf
 
-        loader = self.loader
-        in_shape, tgt_shape = loader.input_shape, loader.target_shape
+        if self._names is None:
+            with tf.init_scope():  # an eager tensor that every traced map captures
+                self._names = tf.constant(self.split.out_names, tf.string)
+        images = {"input": batch["input"], "target": batch["target"], "target_seg": batch["target_seg"]}
+        return images, {"index": batch["index"], "out_name": tf.gather(self._names, batch["index"])}
 
-        def load(epoch, index):
-            x, y, s, ok = tf.numpy_function(lambda i, e: loader.load(i, e, train), [index, epoch],
-                                            [tf.float32, tf.float32, tf.float32, tf.bool], name="load_synthesis")
-            x.set_shape(in_shape)
-            y.set_shape(tgt_shape)
-            s.set_shape(tgt_shape)
-            ok.set_shape(())
-            return {"input": x, "target": y, "target_seg": s, "index": index, "ok": ok}
-
-        return load
-
-    def _samples(self, indices, train: bool):
-        return (indices.map(self._load_fn(train), num_parallel_calls=self.num_parallel_calls, deterministic=True)
-                .filter(lambda s: s["ok"]))
-
-    def _finish(self, ds):
-        import tensorflow as tf
-
-        names = tf.constant(self.split.out_names, tf.string)
-
-        def split_batch(batch):
-            images = {"input": batch["input"], "target": batch["target"], "target_seg": batch["target_seg"]}
-            meta = {"index": batch["index"], "out_name": tf.gather(names, batch["index"])}
-            return images, meta
-
-        return ds.map(split_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    def train(self, batch_size: int, start_epoch: int = 0, epochs: Optional[int] = None, skip_batches: int = 0):
-        """Full shuffled batches for epochs start_epoch .. epochs-1 (forever if epochs is None).
-
-        `skip_batches` drops that many batches of `start_epoch` first: resuming mid-epoch.
-        """
-        import tensorflow as tf
-
-        batch_size = int(batch_size)
-        n = len(self.split)
-        if batch_size > n:
-            raise CvmError(f"--batch_size {batch_size} is larger than the {self.split.dataset} {self.split.name} "
-                           f"split ({n} samples)")
-        order_fn = self.epoch_order
-
-        def one_epoch(epoch):
-            order = tf.numpy_function(order_fn, [epoch], tf.int64, name="epoch_order")
-            order.set_shape((n,))
-            indices = tf.data.Dataset.from_tensor_slices(order).map(lambda i: (epoch, i))
-            return self._samples(indices, train=True).batch(batch_size, drop_remainder=True)
-
-        stop = np.iinfo(np.int64).max if epochs is None else int(epochs)
-        ds = tf.data.Dataset.range(int(start_epoch), stop).flat_map(one_epoch)
-        if skip_batches:
-            ds = ds.skip(int(skip_batches))
-        return self._finish(ds)
-
-    def eval(self, batch_size: int):
-        """Every sample once, in split order, no crop / flip; the last batch may be partial."""
-        import tensorflow as tf
-
-        indices = tf.data.Dataset.range(len(self.split)).map(lambda i: (tf.constant(0, tf.int64), i))
-        return self._finish(self._samples(indices, train=False).batch(int(batch_size)))

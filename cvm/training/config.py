@@ -114,7 +114,9 @@ class TrainConfig(ModelDirConfig):
     steps_per_epoch: Optional[int] = None
     # Runtime.
     precision: str = "float32"
-    jit_compile: bool = True  # XLA: 1.25x the eager-kernel step on CPU (bench/train_step.py)
+    # XLA or TF's kernels; None: the faster on this machine, timed on one batch before the first epoch
+    # (cvm.training.jit_choice; MODEL_DIR/jit_choice.json). XLA was 1.37x on one 2-core CPU, slower on another.
+    jit_compile: Optional[bool] = None
     strategy: str = "default"
     seed: int = 0
     model_dir: str = "runs/quickstart"

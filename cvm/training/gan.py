@@ -191,11 +191,12 @@ class GANSteps:
         return out
 
     def generate(self, inputs, training=False):
-        """{"image": ..., "segmentation": ...} in inference mode (X-Seq: G2 applied to G1's image)."""
-        out = dict(self.generator(inputs, training=training))
-        if "g2" in self.generators:
-            out["segmentation"] = self.generators["g2"](out["image"], training=training)["segmentation"]
-        return out
+        """{"image": ..., "segmentation": ...} of one batch (X-Seq: G2 applied to G1's image); training=True
+        runs the layers as in training (and updates the BN moving statistics: see
+        cvm.models.synthesis.generation.Generation, which does not)."""
+        from cvm.models.synthesis.generation import generate
+
+        return generate(self.generators, inputs, inference_mode=not training)
 
 
 def build_steps(config: SynthesisConfig) -> GANSteps:
@@ -225,16 +226,28 @@ def _render_options(config: SynthesisConfig, dataset: str) -> dict:
 
 
 def load_split(config: SynthesisConfig, split: str, segmaps: bool = True, dataset: Optional[str] = None,
-               root: Optional[str] = None):
-    """The synthesis split `split` of the run's dataset (or of `dataset` / `root`), in the run's direction."""
+               root: Optional[str] = None, split_file: Optional[str] = None):
+    """The synthesis split `split` of the run's dataset (or of `dataset` / `root`), in the run's direction.
+
+    segmaps: read the target segmentation maps (only methods with a segmentation output do). CVUSA:
+    training (segmaps) reads the run's --split_file / --aerial_seg_dir; generation (no segmaps) reads
+    `split_file` if given, else the official CSVs, as test_xfork_pano2aerial.lua does.
+    """
     from cvm.data.synthesis import WITHOUT_SEGMAPS, load_synthesis_split
 
     dataset = dataset or config.dataset
-    segmaps = segmaps and dataset not in WITHOUT_SEGMAPS
+    training = segmaps  # a training / validation read (generation asks for no maps)
+    segmaps = segmaps and dataset not in WITHOUT_SEGMAPS and config.uses_segmaps()
     root = root or (config.root if dataset == config.dataset else None)
+    options = _render_options(config, dataset)
+    if dataset == "cvusa":
+        if training and dataset == config.dataset:
+            split_file = split_file or config.split_file
+            if segmaps and config.direction == "g2a":
+                options["aerial_seg_dir"] = config.aerial_seg_dir
+        options["split_file"] = split_file
     return load_synthesis_split(dataset, split, root, config.direction, synthetic_pairs=config.synthetic_pairs,
-                                synthetic_seed=config.synthetic_seed, segmaps=segmaps,
-                                **_render_options(config, dataset))
+                                synthetic_seed=config.synthetic_seed, segmaps=segmaps, **options)
 
 
 def to_display(images) -> tf.Tensor:
@@ -279,8 +292,25 @@ class SynthesisRun:
         if self.val_pipeline is not None:
             require_usable(self.val_pipeline, 1, "validation")
         self.steps = build_steps(config)
+        self._warn_one_value_batch_norms()
         self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
         self._writers = {}
+
+    def _warn_one_value_batch_norms(self) -> None:
+        """Batches of one through a 1x1 bottleneck (X-Fork's batch 1, train_fork.lua): say that G cannot learn."""
+        from cvm.models.synthesis.generation import one_value_batch_norms
+
+        single = one_value_batch_norms(self.steps.generators, self.config.batch_size)
+        if not single:
+            return
+        role, name = single[0]
+        message = (f"warning: --batch_size 1 through a 1x1 bottleneck: BatchNorm {role}/{name} sees one value per channel, "
+                   "outputs its beta (0, and the ReLU after it passes no gradient at 0), so every decoder layer sees "
+                   "0 and the generator gets no gradient: its weights stay at their initial values (the same "
+                   "arithmetic as the original's batch 1). Use --batch_size 2 or more for a generator that learns.")
+        logging.warning(message)
+        if self.progress:
+            print(message)
 
     def _check_previous_config(self) -> None:
         path = os.path.join(self.model_dir, "config.json")
@@ -297,7 +327,7 @@ class SynthesisRun:
             return
         ignore = {"epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "image_every_steps",
                   "eval_batch_size", "strategy", "jit_compile", "root", "model_dir", "kill_after_steps",
-                  "deterministic", "val_split"}
+                  "deterministic", "val_split", "inference_mode"}
         changed = [f"{k}: {getattr(previous, k)!r} -> {getattr(self.config, k)!r}"
                    for k in vars(self.config) if k not in ignore and getattr(previous, k) != getattr(self.config, k)]
         if changed and has_checkpoint:
@@ -410,9 +440,16 @@ class SynthesisRun:
         if bar is not None:
             bar.update(state["step"], [(k, values[k]) for k in ("d_loss", "g_loss", "l1") if k in values])
 
+    def _generation(self, batch_size: Optional[int] = None):
+        """The run's test-time mode (--inference_mode; the original's by default) for its generators."""
+        from cvm.models.synthesis.generation import Generation
+
+        return Generation(self.steps.generators, self.config.inference_mode, batch_size)
+
     def _log_images(self, images: dict, step: int) -> None:
-        """Input, generated (inference mode), target and the segmentation maps of the current batch."""
-        generated = self.steps.generate(images["input"], training=False)
+        """Input, generated (in the run's test-time mode), target and the segmentation maps of the current batch."""
+        with self._generation() as generation:
+            generated = generation(images["input"])
         shown = {"input": images["input"], "generated": generated["image"], "target": images["target"]}
         if "segmentation" in generated:
             shown["generated_segmentation"] = generated["segmentation"]
@@ -422,16 +459,19 @@ class SynthesisRun:
                 tf.summary.image(name, to_display(value), max_outputs=4)
 
     def validate(self, epoch: int) -> dict:
-        """Mean L1 of the generated image (and segmentation) on the validation split, inference mode."""
+        """Mean L1 of the generated image (and segmentation) on the validation split, generated in the run's
+        test-time mode (--inference_mode: moving statistics; else the batch's, dropout on, as the CVPR 2018
+        test scripts), leaving the moving statistics as training left them."""
         total, seg_total, count = 0.0, 0.0, 0
-        for images, _ in self.val_pipeline.eval(self.config.eval_batch_size):
-            out = self.steps.generate(images["input"], training=False)
-            n = int(images["input"].shape[0])
-            total += float(l1_loss(out["image"], images["target"])) * n
-            if "segmentation" in out:
-                seg_total += float(l1_loss(out["segmentation"], images["target_seg"])) * n
-            count += n
-            faultinject.kill_point("validation")  # testing aid (CVM_KILL_AT): mid-validation
+        with self._generation(self.config.eval_batch_size) as generation:
+            for images, _ in self.val_pipeline.eval(self.config.eval_batch_size):
+                out = generation(images["input"])
+                n = int(images["input"].shape[0])
+                total += float(l1_loss(out["image"], images["target"])) * n
+                if "segmentation" in out:
+                    seg_total += float(l1_loss(out["segmentation"], images["target_seg"])) * n
+                count += n
+                faultinject.kill_point("validation")  # testing aid (CVM_KILL_AT): mid-validation
         if not count:  # an L1 of 0 would be "best"
             raise CvmError(f"{describe_split(self.val_pipeline.split, 'validation')} has no usable sample: every "
                            f"one was dropped; first reasons: {first_reasons(self.val_pipeline.faults)}")
@@ -539,19 +579,29 @@ def _write_image(path: str, image_uint8: np.ndarray) -> None:
 
 def synthesize(model_dir: str, out_dir: str, split: str = "val", dataset: Optional[str] = None,
                root: Optional[str] = None, batch_size: Optional[int] = None, checkpoint: str = "latest",
-               metrics: bool = False, progress: bool = True) -> dict:
+               metrics: bool = False, progress: bool = True, inference_mode: Optional[bool] = None,
+               split_file: Optional[str] = None) -> dict:
     """Write one generated image per sample of a split, named by the sample's out_name (resumable).
 
-    The generator runs in inference mode (BN moving statistics, no dropout: `netG:evaluate()` of the
-    Torch test scripts); every sample is written, including the last of an odd-length list (which
-    test_xfork_pano2aerial.lua skipped with batch 2). Outputs that exist and decode are kept, so a
-    rerun writes only the missing ones. Returns a summary dict (and the metrics with `metrics=True`).
+    inference_mode: None: the run's (--inference_mode at training; by default the original test
+    script's: batch statistics and dropout for xfork / xseq / xpix2pix, whose scripts never call
+    netG:evaluate(); BN moving statistics and no dropout for the ICCV19 forks, whose scripts do). In
+    batch-statistics mode an image depends on its batch: a short last batch is filled with earlier
+    samples (cvm.models.synthesis.generation.Generation).
+    split_file: CVUSA: the list whose rows are synthesized (default the official CSVs, as
+    test_xfork_pano2aerial.lua). Every sample is written, including the last of an odd-length list
+    (which test_xfork_pano2aerial.lua skipped with batch 2). Outputs that exist and decode are kept, so
+    a rerun writes only the missing ones. Returns a summary dict (and the metrics with `metrics=True`).
     """
     from cvm.data.synthesis import SynthesisPipeline, to_uint8_bgr
+    from cvm.models.synthesis.generation import Generation
 
     config, generators, described = load_generators(model_dir, checkpoint)
     dataset = dataset or config.dataset
-    samples = load_split(config, split, segmaps=False, dataset=dataset, root=root)
+    inference_mode = config.inference_mode if inference_mode is None else bool(inference_mode)
+    batch_size = batch_size or config.eval_batch_size
+    generation = Generation(generators, inference_mode, batch_size, what=f"{model_dir}'s generator ({described})")
+    samples = load_split(config, split, segmaps=False, dataset=dataset, root=root, split_file=split_file)
     names = samples.out_names
     if len(set(names)) != len(names):
         raise CvmError(f"{dataset} {split}: several samples share an output name; cannot write one file each")
@@ -561,24 +611,26 @@ def synthesize(model_dir: str, out_dir: str, split: str = "val", dataset: Option
     os.makedirs(out_dir, exist_ok=True)
     pending = [i for i, name in enumerate(names) if not _readable(targets[name])]
     summary = {"model_dir": model_dir, "checkpoint": described, "dataset": dataset, "split": split,
-               "out_dir": out_dir, "samples": len(names), "existing": len(names) - len(pending), "written": 0}
+               "out_dir": out_dir, "samples": len(names), "existing": len(names) - len(pending), "written": 0,
+               "mode": "inference" if inference_mode else "batch statistics"}
     if pending:
         results_dir = os.path.join(model_dir, "results")
         os.makedirs(results_dir, exist_ok=True)
         pipeline = SynthesisPipeline(samples.subset(pending), config.data_spec(), seed=config.seed,
                                      faults_path=os.path.join(results_dir, f"synthesize_{dataset}_{split}_faults.txt"))
-        g = generators.get("g") or generators["g1"]
         bar = keras.utils.Progbar(len(pending)) if progress else None
         if progress:
-            print(f"synthesizing {len(pending)} of {len(names)} images into {out_dir} ({described})")
-        for images, meta in pipeline.eval(batch_size or config.eval_batch_size):
-            generated = to_uint8_bgr(keras.ops.convert_to_numpy(g(images["input"], training=False)["image"]))
-            for image, name in zip(generated, meta["out_name"].numpy()):
-                _write_image(targets[name.decode()], image)
-            summary["written"] += len(generated)
-            faultinject.kill_point("synthesize", {"global_step": summary["written"]}, "synthesize")
-            if bar is not None:
-                bar.add(len(generated))
+            print(f"synthesizing {len(pending)} of {len(names)} images into {out_dir} ({described}, "
+                  f"{summary['mode']})")
+        with generation:
+            for images, meta in pipeline.eval(batch_size):
+                generated = to_uint8_bgr(keras.ops.convert_to_numpy(generation(images["input"], segmentation=False)["image"]))
+                for image, name in zip(generated, meta["out_name"].numpy()):
+                    _write_image(targets[name.decode()], image)
+                summary["written"] += len(generated)
+                faultinject.kill_point("synthesize", {"global_step": summary["written"]}, "synthesize")
+                if bar is not None:
+                    bar.add(len(generated))
         summary["skipped_unreadable"] = pipeline.faults.skipped
         if not summary["written"]:
             raise CvmError(f"no image written: no sample of {describe_split(samples)} could be read; first reasons: "
@@ -586,7 +638,7 @@ def synthesize(model_dir: str, out_dir: str, split: str = "val", dataset: Option
     if metrics:
         from cvm.evaluation.synthesis import evaluate_synthesis
 
-        real = load_split(config, split, segmaps=False, dataset=dataset, root=root)
+        real = load_split(config, split, segmaps=False, dataset=dataset, root=root, split_file=split_file)
         out_path = os.path.join(model_dir, "results", f"synthesis_{dataset}_{split}.json")
         summary["metrics"] = evaluate_synthesis(out_dir, real, out_path=out_path, progress=progress)
         summary["metrics_path"] = out_path

@@ -3,7 +3,8 @@
 model_dir layout (design.md): config.json and flags.cfg (the resolved settings), checkpoints/
 (every epoch and every --checkpoint_every_steps steps; the newest few kept), best/ (the encoder
 with the best validation recall, as a .keras file, and its metrics), tensorboard/, results/,
-faults.txt (samples skipped because their images could not be read).
+faults.txt (samples skipped because their images could not be read), jit_choice.json (XLA or not, when
+--jit_compile was left to a measurement: cvm.training.jit_choice).
 
 Resumption is exact: a checkpoint stores every model variable (dropout seed states included), the
 optimizer state and the position (epoch, step in epoch); the data order and augmentation of an
@@ -75,6 +76,8 @@ def set_precision(policy: str) -> None:
 
 class Run:
     """One training run in a model_dir; `Run(config).train()` trains or resumes it."""
+
+    jit_compile: Optional[bool] = None  # the step train() runs: XLA or not (config's, or measured: jit_choice)
 
     def __init__(self, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
                  progress: bool = True):
@@ -149,10 +152,19 @@ class Run:
             raise CvmError(f"{self.model_dir} holds a run with other settings ({'; '.join(changed)}); "
                            "use a new --model_dir, or the same flags to resume it (its flags.cfg)")
 
-    def _make_step_fn(self):
+    def _make_step_fn(self, jit_compile: Optional[bool] = None):
+        """The distributed training step, XLA-compiled or not (default: config.jit_compile).
+
+        None while config.jit_compile is None and no value is given: train() resolves it first
+        (_resolve_jit_compile) and makes the step then.
+        """
+        if jit_compile is None:
+            jit_compile = self.config.jit_compile
+        if jit_compile is None:
+            return None
         trainer, strategy = self.trainer, self.strategy
         step = trainer.train_step
-        if self.config.jit_compile:
+        if jit_compile:
             step = tf.function(step, jit_compile=True, reduce_retracing=True)
 
         @tf.function(reduce_retracing=True)
@@ -161,6 +173,56 @@ class Run:
             return strategy.reduce(tf.distribute.ReduceOp.MEAN, out["loss"], axis=None)
 
         return distributed_step
+
+    def _resolve_jit_compile(self, epoch: int) -> bool:
+        """XLA or TF's kernels for a run without --jit_compile / --nojit_compile; sets self._step_fn.
+
+        A resumed run reads MODEL_DIR/jit_choice.json. Otherwise both steps are timed on the first batch
+        of `epoch` (cvm.training.jit_choice.choose_jit_compile: the training state is restored after)
+        and the chief writes jit_choice.json. Under a multi-worker strategy nothing is measured (workers
+        could choose differently): TF's kernels.
+        """
+        from cvm.training import jit_choice
+
+        workers = jit_choice.worker_count(self.strategy)
+        if workers > 1:
+            logging.warning("jit_compile: not measured with %d workers (they could choose differently): TF "
+                            "kernels; --jit_compile forces XLA", workers)
+            if self.progress:
+                print(f"TF kernels, not XLA: the choice is not measured with {workers} workers (they could "
+                      "disagree); --jit_compile forces XLA")
+            self._step_fn, self.jit_compile = self._make_step_fn(False), False
+            return False
+        recorded = jit_choice.read(self.model_dir)
+        if recorded is not None:
+            value = recorded["jit_compile"]
+            self._step_fn, self.jit_compile = self._make_step_fn(value), value
+            line = (f"{'XLA' if value else 'TF kernels'}, as measured at the start of this run "
+                    f"({jit_choice.FILE_NAME})")
+            logging.info("jit_compile=%s: %s", value, line)
+            if self.progress:
+                print(line)
+            return value
+        plain, xla = self._make_step_fn(False), self._make_step_fn(True)
+        config = self.config
+        ds = self.pipeline.train(config.batch_size, start_epoch=epoch, epochs=epoch + 1).take(1)
+        try:
+            batch = next(iter(self.strategy.experimental_distribute_dataset(ds)))
+        except StopIteration:  # no usable batch: the epoch reports why (no_steps_error); nothing to time
+            self._step_fn, self.jit_compile = plain, False
+            return False
+        variables = jit_choice.state_variables(self.encoder, self.trainer, self.optimizer)
+        choice = jit_choice.choose_jit_compile(plain, xla, batch, variables)
+        del batch
+        self._step_fn = xla if choice.jit_compile else plain  # traced (and compiled) already
+        self.jit_compile = choice.jit_compile
+        devices = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
+        if self.chief:
+            jit_choice.write(self.model_dir, jit_choice.record(choice, devices))
+        logging.info("jit_compile=%s: %s (%s)", choice.jit_compile, choice.summary(), jit_choice.FILE_NAME)
+        if self.progress:
+            print(f"{choice.summary()} ({jit_choice.FILE_NAME})")
+        return choice.jit_compile
 
     def _writer(self, name: str):
         if name not in self._writers:
@@ -192,6 +254,10 @@ class Run:
             if self.progress:
                 print(f"{self.model_dir} has finished its {config.epochs} epochs; nothing to do")
             return state
+        if self._step_fn is None:  # --jit_compile unset: measured on this machine (or read back on resume)
+            self._resolve_jit_compile(state["epoch"])
+        elif config.jit_compile is not None:
+            self.jit_compile = config.jit_compile
         for epoch in range(state["epoch"], config.epochs):
             skip = state["step"] if epoch == state["epoch"] else 0
             self._train_epoch(epoch, skip, state)

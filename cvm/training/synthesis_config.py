@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from cvm.data.synthesis import DATASETS
+from cvm.data.synthesis import DATASETS, SPLIT_PLACEHOLDER
 from cvm.errors import CvmError
 from cvm.training.config import PRECISIONS, ModelDirConfig
 
@@ -22,14 +22,21 @@ from cvm.training.config import PRECISIONS, ModelDirConfig
 #   xfork_pano2aerial  train_xfork_pano2aerial.lua: batch 4, niter 100, lambda1 100, lambda2 1
 #              (the _with_edgemap script: batch 16, same weights)
 #   xfork_aerial2pano  train_xfork_aerial2pano.lua: batch 4, niter 30, lambda1 100, lambda2 10
+# inference_mode: how the method's test script runs its generator. test_fork.lua, test_seq.lua and
+# test_pix2pix.lua never call netG:evaluate(): BatchNorm normalises with the statistics of the test batch
+# and dropout stays on (False); test_xfork_pano2aerial.lua / _aerial2pano.lua call it (True: moving
+# statistics, no dropout). cvm validates, picks best/ and synthesizes in that mode (--inference_mode).
 METHOD_DEFAULTS = {
-    "xfork": dict(preset="borji256", direction="a2g", batch_size=1, epochs=35, lambda_l1=100.0, lambda_seg=100.0),
-    "xseq": dict(preset="borji256", direction="a2g", batch_size=4, epochs=35, lambda_l1=100.0, lambda_seg=100.0),
-    "xpix2pix": dict(preset="borji256", direction="a2g", batch_size=8, epochs=35, lambda_l1=100.0, lambda_seg=0.0),
+    "xfork": dict(preset="borji256", direction="a2g", batch_size=1, epochs=35, lambda_l1=100.0, lambda_seg=100.0,
+                  inference_mode=False),
+    "xseq": dict(preset="borji256", direction="a2g", batch_size=4, epochs=35, lambda_l1=100.0, lambda_seg=100.0,
+                 inference_mode=False),
+    "xpix2pix": dict(preset="borji256", direction="a2g", batch_size=8, epochs=35, lambda_l1=100.0, lambda_seg=0.0,
+                     inference_mode=False),
     "xfork_pano2aerial": dict(preset="pano2aerial", direction="g2a", batch_size=4, epochs=100, lambda_l1=100.0,
-                              lambda_seg=1.0),
+                              lambda_seg=1.0, inference_mode=True),
     "xfork_aerial2pano": dict(preset="aerial2pano", direction="a2g", batch_size=4, epochs=30, lambda_l1=100.0,
-                              lambda_seg=10.0),
+                              lambda_seg=10.0, inference_mode=True),
 }
 SYNTHESIS_METHODS = tuple(METHOD_DEFAULTS)
 
@@ -71,6 +78,10 @@ class SynthesisConfig(ModelDirConfig):
     homography_size: Optional[tuple] = None
     synthetic_pairs: int = 1000
     synthetic_seed: int = 0
+    # CVUSA: the split list read (relative to root or absolute; "{split}" stands for train / val); None:
+    # Regmi's splits/{split}_xfork_cvusa.txt for g2a with maps, else the official CSVs (cvm.data.synthesis).
+    split_file: Optional[str] = None
+    aerial_seg_dir: Optional[str] = None  # CVUSA g2a: maps at <dir>/<aerial stem>.png instead of column 3
     # Loss.
     lambda_l1: Optional[float] = None
     lambda_seg: Optional[float] = None
@@ -93,6 +104,9 @@ class SynthesisConfig(ModelDirConfig):
     image_every_steps: int = 100
     keep_checkpoints: int = 3
     eval_batch_size: int = 8
+    # Generation (validation, best/, TensorBoard images, `cvm synthesize`): True: BN moving statistics and no
+    # dropout (netG:evaluate()); False: the batch's statistics and dropout on; None: the method's original.
+    inference_mode: Optional[bool] = None
     deterministic: bool = False
     kill_after_steps: Optional[int] = None
 
@@ -134,7 +148,22 @@ class SynthesisConfig(ModelDirConfig):
             unused["edge_map"] = f"--preset={c.preset} appends the edge channel in any case"
         if not c.homography:
             unused["homography_size"] = "there is no --homography to place"
+        if c.dataset != "cvusa":
+            for name in ("split_file", "aerial_seg_dir"):
+                unused[name] = f"only --dataset cvusa reads a split list (this run: --dataset {c.dataset})"
+        elif c.direction != "g2a":
+            unused["aerial_seg_dir"] = (f"--direction {c.direction} targets panoramas, whose maps are the split "
+                                        "file's third column; --aerial_seg_dir places aerial maps (g2a)")
+        elif not c.uses_segmaps():
+            unused["aerial_seg_dir"] = f"--method {c.method} has no segmentation output and reads no maps"
         return unused
+
+    def uses_segmaps(self) -> bool:
+        """Whether training reads target segmentation maps (a fork's second head, X-Seq's G2)."""
+        from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
+
+        spec = ARCH[self.resolved().method]
+        return bool(spec["fork"] or spec.get("sequential"))
 
     def validate(self) -> None:
         c = self.resolved()
@@ -162,7 +191,23 @@ class SynthesisConfig(ModelDirConfig):
         if c.strategy != "default":
             raise CvmError(f"--strategy {c.strategy} is not supported by the GAN trainer (one device); "
                            "use --strategy=default")
+        if c.split_file is not None and SPLIT_PLACEHOLDER not in c.split_file and c.val_split:
+            raise CvmError(f"--split_file {c.split_file} names one list but the run reads two splits (--train_split "
+                           f"{c.train_split}, --val_split {c.val_split}): put {SPLIT_PLACEHOLDER} in its name (e.g. "
+                           f"splits/{SPLIT_PLACEHOLDER}_xfork_cvusa.txt) or leave --val_split empty")
         spec = c.data_spec()
+        if c.inference_mode and c.batch_size == 1 and _bottleneck_of(c.method, spec) == (1, 1):
+            raise CvmError(
+                f"--inference_mode with --batch_size 1: --method {c.method}'s 1x1 bottleneck BatchNorm would see one "
+                "value per channel at every training step (batch variance 0), so its moving variance decays to 0 "
+                "and inference mode divides by sqrt(epsilon) (x316). Drop --inference_mode (the original's batch "
+                "statistics at test time) or train with --batch_size 2 or more")
+        if (not c.inference_mode and c.val_split and c.eval_batch_size == 1
+                and _bottleneck_of(c.method, spec) == (1, 1)):
+            raise CvmError(
+                f"--eval_batch_size 1 with batch statistics (the original test mode of --method {c.method}): its 1x1 "
+                "bottleneck BatchNorm outputs its beta for a batch of one, so validation would score one image "
+                "whatever the input; use --eval_batch_size 2 or more, or --inference_mode")
         if c.edge_map and spec.input_channels != 4:
             raise CvmError("--edge_map: the data spec did not add the edge channel")
         try:  # sizes must fit the architecture (powers of two, the bottleneck aspect)
@@ -197,6 +242,17 @@ class SynthesisConfig(ModelDirConfig):
     def _check_loaded(cls, values: dict, model_dir: str) -> None:
         if not is_synthesis_method(values.get("method")):
             raise CvmError(f"{model_dir} holds a {values.get('method')!r} run, not a synthesis GAN")
+
+
+def _bottleneck_of(method: str, spec) -> tuple:
+    """The (h, w) the method's encoder reduces the spec's input to."""
+    from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
+    from cvm.models.synthesis import _bottleneck
+
+    try:
+        return _bottleneck(ARCH[method]["family"], tuple(spec.input_size), tuple(spec.target_size))[0]
+    except ValueError:
+        return None  # _check_sizes says what is wrong
 
 
 def _check_sizes(method, input_size, target_size, d_layers=None) -> None:

@@ -95,6 +95,28 @@ def test_noedge_map_under_the_edges_preset_and_gan_only_options():
     assert "--homography_size has no effect" in refused("--method=xfork", "--homography_size=10,10")
 
 
+def test_split_file_aerial_seg_dir_and_inference_mode_are_flags_of_the_synthesis_runs_that_use_them():
+    p2a = ("--method=xfork_pano2aerial", "--dataset=cvusa", "--root=/data")
+    flag_use.check_train(train_flag_values(*p2a, "--split_file=splits/{split}_xfork_cvusa.txt",
+                                           "--aerial_seg_dir=maps", "--inference_mode"))
+    flag_use.check_train(train_flag_values("--method=xfork", "--dataset=cvusa", "--root=/d", "--split_file=x.csv",
+                                           "--noinference_mode"))
+    config = synthesis_flags.config_from_flags(train_flag_values(*p2a, "--split_file=mine_{split}.txt",
+                                                                 "--aerial_seg_dir=maps"))
+    assert (config.split_file, config.aerial_seg_dir) == ("mine_{split}.txt", "maps")
+    for flag in ("--split_file=x.txt", "--aerial_seg_dir=maps", "--inference_mode"):
+        name = flag[2:].split("=")[0]
+        assert (f"--{name} has no effect: it is a synthesis flag and --method cvm_net_i is a retrieval method"
+                in refused("--method=cvm_net_i", flag))
+    for flag in ("--split_file=x.txt", "--aerial_seg_dir=maps"):
+        assert f"--{flag[2:].split('=')[0]} has no effect: only --dataset cvusa reads a split list" in refused(
+            "--method=xfork", "--dataset=dayton", "--root=/d", flag)
+    assert "--aerial_seg_dir has no effect: --direction a2g targets panoramas" in refused(
+        "--method=xfork_aerial2pano", "--dataset=cvusa", "--root=/d", "--aerial_seg_dir=maps")
+    assert "--aerial_seg_dir has no effect: --method xpix2pix has no segmentation output" in refused(
+        "--method=xpix2pix", "--direction=g2a", "--dataset=cvusa", "--root=/d", "--aerial_seg_dir=maps")
+
+
 def test_several_flags_from_a_flagfile_are_named_together(tmp_path):
     flagfile = tmp_path / "f.cfg"
     flagfile.write_text("--method=xfork\n--keep_prob=0.5\n--alpha=3\n")

@@ -86,3 +86,24 @@ def test_cli_writes_images_and_metrics(model_dir, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "cvm.cli.main", "synthesize", f"--model_dir={model_dir}"],
                              capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert missing.returncode != 0 and "--out is required" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_split_file_names_the_cvusa_rows_to_synthesize_and_is_refused_elsewhere(model_dir, tmp_path):
+    from cvm.data.synthetic import write_dataset
+
+    root = str(tmp_path / "cvusa")
+    write_dataset(root, "cvusa", 5, seed=0, val_fraction=0.4, progress=False, workers=1)
+    with open(os.path.join(root, "splits", "mine.csv"), "w") as f:
+        f.write("bingmap/19/0000005.jpg,streetview/panos/0000005.jpg\n")
+    # The ICCV19 fork's default: inference mode, the official CSV's rows (val-19zl.csv: pairs 4 and 5).
+    summary = synthesize(model_dir, str(tmp_path / "val"), split="val", dataset="cvusa", root=root, progress=False)
+    assert summary["mode"] == "inference" and sorted(os.listdir(tmp_path / "val")) == ["0000004.jpg", "0000005.jpg"]
+    summary = synthesize(model_dir, str(tmp_path / "mine"), split="val", dataset="cvusa", root=root,
+                         split_file="splits/mine.csv", progress=False)
+    assert summary["samples"] == 1 and os.listdir(tmp_path / "mine") == ["0000005.jpg"]
+    done = subprocess.run([sys.executable, "-m", "cvm.cli.main", "synthesize", f"--model_dir={model_dir}",
+                           f"--out={tmp_path / 'x'}", "--split_file=splits/mine.csv"], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 2
+    assert "--split_file has no effect: only --dataset cvusa reads a split list (this run: --dataset synthetic)" in (
+        done.stderr)

@@ -323,3 +323,64 @@ def test_default_report_file_is_in_the_root_else_the_current_directory(tmp_path,
     assert (cwd / "r.txt").read_text() == ""
     with pytest.raises(CvmError, match="--report"):
         main_check("cvusa", str(root), out=io.StringIO(), progress=False, report_path=str(cwd / "no" / "r.txt"))
+
+
+def test_cvusa_synthesis_check_reads_regmis_list_and_names_it_when_missing(tmp_path):
+    """`cvm data check --dataset cvusa --direction g2a`: the X-Fork list, and every file it names."""
+    from cvm.data.synthetic import write_dataset
+
+    root = tmp_path / "cvusa"
+    write_dataset(str(root), "cvusa", 4, seed=0, val_fraction=0.25, progress=False, workers=1)
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False, direction="g2a") == 0
+    text = out.getvalue()
+    assert "train (g2a synthesis, splits/train_xfork_cvusa.txt): 3 pairs (official: 35532), 9 files" in text
+    os.remove(root / "bingmap" / "annotations" / "0000002.png")
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False, direction="g2a") == 1
+    text = out.getvalue()
+    assert "1 missing file(s) (0 ground, 0 aerial, 1 segmentation map)" in text
+    assert f"{root / 'bingmap' / 'annotations' / '0000002.png'} (segmentation map)" in text
+    # --aerial_seg_dir reads the official CSVs and DIR/<stem>.png; a2g reads the official CSVs' column 3.
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False, direction="g2a",
+                      aerial_seg_dir="bingmap/annotations", splits=["val"]) == 0
+    assert "val (g2a synthesis, splits/val-19zl.csv)" in out.getvalue()
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False, direction="a2g", splits=["val"]) == 0
+    # Without the lists: the split cannot be listed, and the error says which file, whose, and the flags.
+    for name in ("train_xfork_cvusa.txt", "val_xfork_cvusa.txt"):
+        os.remove(root / "splits" / name)
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False, direction="g2a", splits=["train"]) == 1
+    text = out.getvalue()
+    assert f"cannot be listed: CVUSA split file not found: {root / 'splits' / 'train_xfork_cvusa.txt'}" in text
+    assert "train_xfork_pano2aerial.lua" in text and "--split_file" in text
+    # The plain (retrieval) check is still usable and notes the missing lists.
+    out = io.StringIO()
+    assert main_check("cvusa", str(root), out=out, progress=False) == 0
+    text = out.getvalue()
+    assert "Note: splits/train_xfork_cvusa.txt, splits/val_xfork_cvusa.txt not found" in text
+    assert "--direction g2a" in text and text.strip().splitlines()[-1].startswith("CVUSA is usable")
+    with pytest.raises(CvmError, match="--direction checks CVUSA's synthesis lists"):
+        main_check("dayton", str(root), out=io.StringIO(), progress=False, direction="g2a")
+
+
+def test_cli_synthesis_check_flags_are_refused_where_they_do_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def cvm_data(*argv):
+        return subprocess.run([sys.executable, "-m", "cvm.cli.main", "data", *argv], capture_output=True, text=True,
+                              timeout=300, cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+    done = cvm_data("check", "--dataset=cvact", f"--root={tmp_path}", "--direction=g2a")
+    assert done.returncode == 2 and "--direction has no effect: only --dataset cvusa" in done.stderr
+    done = cvm_data("check", "--dataset=cvusa", f"--root={tmp_path}", "--split_file=x.txt")
+    assert done.returncode == 2 and "--split_file has no effect: it places the files of a synthesis check" in done.stderr
+    done = cvm_data("check", "--dataset=cvusa", f"--root={tmp_path}", "--direction=a2g", "--aerial_seg_dir=m")
+    assert done.returncode == 2 and "--aerial_seg_dir has no effect: --direction a2g" in done.stderr
+    done = cvm_data("check", "--dataset=cvusa", f"--root={tmp_path}", "--direction=g2a", "--splits=train")
+    assert done.returncode == 1 and "train_xfork_cvusa.txt" in done.stdout

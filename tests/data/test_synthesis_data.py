@@ -302,3 +302,119 @@ def test_ucfop_pairs_become_synthesis_samples_without_segmaps(tmp_path):
     assert ground.shape == (20, 80, 3) and aerial.shape == (40, 40, 3) and seg is None
     with pytest.raises(CvmError, match="no segmentation maps"):
         load_synthesis_split("ucfop", "test", str(root), "g2a", segmaps=True)
+
+
+# --- CVUSA panorama -> aerial: the aerial segmentation target is column 3 of Regmi's X-Fork list ------------
+
+
+def write_xfork_cvusa(root, n=3, seed=0):
+    """A CVUSA-layout folder (PNG, so pixels are exact) with the official CSVs, a decoy
+    bingmap/annotations/<stem>.png per aerial, and Regmi-style lists whose column 3 names other files
+    (maps/<stem>_seg.png). Sizes: aerial and maps 16x16, panorama 8x32. Returns {stem: (col-3 map, decoy)}."""
+    rng = np.random.default_rng(seed)
+    for folder in ("bingmap/19", "bingmap/annotations", "streetview/panos", "streetview/annotations", "maps",
+                   "splits"):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    maps, official, lists = {}, [], []
+    for i in range(n):
+        stem = f"{i + 1:07d}"
+        images = {f"bingmap/19/{stem}.png": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+                  f"streetview/panos/{stem}.png": rng.integers(0, 256, (8, 32, 3), dtype=np.uint8),
+                  f"streetview/annotations/{stem}.png": rng.integers(0, 256, (8, 32, 3), dtype=np.uint8),
+                  f"maps/{stem}_seg.png": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+                  f"bingmap/annotations/{stem}.png": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)}
+        for rel, image in images.items():
+            assert cv2.imwrite(os.path.join(root, rel), image)
+        maps[stem] = (images[f"maps/{stem}_seg.png"], images[f"bingmap/annotations/{stem}.png"])
+        official.append(f"bingmap/19/{stem}.png,streetview/panos/{stem}.png,streetview/annotations/{stem}.png")
+        lists.append(f"bingmap/19/{stem}.png,streetview/panos/{stem}.png,maps/{stem}_seg.png")
+    for name, rows in (("train-19zl.csv", official[:-1]), ("val-19zl.csv", official[-1:]),
+                       ("train_xfork_cvusa.txt", lists[:-1]), ("val_xfork_cvusa.txt", lists[-1:])):
+        with open(os.path.join(root, "splits", name), "w") as f:
+            f.write("\n".join(rows) + "\n")
+    return maps
+
+
+P2A_EXACT = SynthesisSpec((8, 32), (16, 16))  # the files' own sizes: no scaling, pixels compare exactly
+
+
+def test_cvusa_g2a_reads_the_target_map_from_column_3_of_the_xfork_list(tmp_path):
+    from cvm.data.synthesis import SynthesisLoader
+
+    root = str(tmp_path / "cvusa")
+    maps = write_xfork_cvusa(root)
+    split = load_synthesis_split("cvusa", "train", root, "g2a")
+    assert [s.target_seg_path for s in split.samples] == [os.path.join(root, "maps", f"{i:07d}_seg.png")
+                                                         for i in (1, 2)]
+    assert split.samples[0].input_path == os.path.join(root, "streetview", "panos", "0000001.png")
+    assert split.samples[0].target_path == os.path.join(root, "bingmap", "19", "0000001.png")
+    loader = SynthesisLoader(split, P2A_EXACT)
+    for index, stem in enumerate(("0000001", "0000002")):
+        x, y, seg, ok = loader.load(index, epoch=0, train=False)
+        assert ok
+        column3, decoy = maps[stem]
+        np.testing.assert_array_equal(to_uint8_bgr(seg), column3)  # the listed file's pixels ...
+        assert not np.array_equal(to_uint8_bgr(seg), decoy)  # ... not bingmap/annotations/<stem>.png
+    val = load_synthesis_split("cvusa", "val", root, "g2a")  # the twin list
+    assert val.samples[0].target_seg_path == os.path.join(root, "maps", "0000003_seg.png")
+    # A list the user names ({split} stands for train / val), absolute or relative to the root.
+    os.rename(os.path.join(root, "splits", "train_xfork_cvusa.txt"), os.path.join(root, "mine_train.txt"))
+    named = load_synthesis_split("cvusa", "train", root, "g2a", split_file="mine_{split}.txt")
+    assert named.samples[1].target_seg_path == os.path.join(root, "maps", "0000002_seg.png")
+    named = load_synthesis_split("cvusa", "train", root, "g2a", split_file=os.path.join(root, "mine_train.txt"))
+    assert len(named) == 2
+    # Generation reads no maps and the official CSV, as test_xfork_pano2aerial.lua.
+    assert load_synthesis_split("cvusa", "train", root, "g2a", segmaps=False).samples[0].target_seg_path is None
+
+
+def test_cvusa_g2a_without_the_xfork_list_is_an_error_naming_it(tmp_path):
+    root = str(tmp_path / "cvusa")
+    write_xfork_cvusa(root)
+    for name in ("train_xfork_cvusa.txt", "val_xfork_cvusa.txt"):
+        os.remove(os.path.join(root, "splits", name))
+    with pytest.raises(CvmError) as err:
+        load_synthesis_split("cvusa", "train", root, "g2a")
+    message = str(err.value)
+    assert os.path.join(root, "splits", "train_xfork_cvusa.txt") in message
+    assert "train_xfork_pano2aerial.lua" in message and "kregmi/cross-view-image-matching" in message
+    assert "column 3" in message and "--split_file" in message and "--aerial_seg_dir" in message
+    with pytest.raises(CvmError, match=r"val_xfork_cvusa\.txt.*validation twin"):
+        load_synthesis_split("cvusa", "val", root, "g2a")
+    with pytest.raises(CvmError, match=r"mine\.txt.*--split_file names"):
+        load_synthesis_split("cvusa", "train", root, "g2a", split_file="mine.txt")
+    # a2g and generation do not need it: the official CSVs.
+    assert load_synthesis_split("cvusa", "train", root, "a2g").samples[0].target_seg_path.endswith(
+        os.path.join("streetview", "annotations", "0000001.png"))
+    assert len(load_synthesis_split("cvusa", "train", root, "g2a", segmaps=False)) == 2
+
+
+def test_cvusa_g2a_aerial_seg_dir_takes_maps_by_stem_beside_the_official_csvs(tmp_path):
+    from cvm.data.synthesis import SynthesisLoader
+
+    root = str(tmp_path / "cvusa")
+    maps = write_xfork_cvusa(root)
+    os.remove(os.path.join(root, "splits", "train_xfork_cvusa.txt"))
+    split = load_synthesis_split("cvusa", "train", root, "g2a", aerial_seg_dir="bingmap/annotations")
+    assert split.samples[0].target_seg_path == os.path.join(root, "bingmap", "annotations", "0000001.png")
+    _, _, seg, ok = SynthesisLoader(split, P2A_EXACT).load(0, epoch=0, train=False)
+    assert ok
+    np.testing.assert_array_equal(to_uint8_bgr(seg), maps["0000001"][1])
+    with pytest.raises(CvmError, match="no such folder"):
+        load_synthesis_split("cvusa", "train", root, "g2a", aerial_seg_dir="nowhere")
+    with pytest.raises(CvmError, match="applies to direction g2a"):
+        load_synthesis_split("cvusa", "train", root, "a2g", aerial_seg_dir="bingmap/annotations")
+
+
+def test_synth_folder_carries_the_xfork_lists_in_regmis_format(tmp_path):
+    from cvm.data.synthetic import write_dataset
+
+    out = str(tmp_path / "cvusa")
+    write_dataset(out, "cvusa", 3, seed=1, progress=False, workers=1)
+    with open(os.path.join(out, "splits", "train_xfork_cvusa.txt")) as f:
+        assert f.read().splitlines() == [f"bingmap/19/{i:07d}.jpg,streetview/panos/{i:07d}.jpg,"
+                                         f"bingmap/annotations/{i:07d}.png" for i in (1, 2)]
+    with open(os.path.join(out, "splits", "val_xfork_cvusa.txt")) as f:
+        assert f.read().splitlines() == ["bingmap/19/0000003.jpg,streetview/panos/0000003.jpg,"
+                                         "bingmap/annotations/0000003.png"]
+    write_dataset(str(tmp_path / "nomaps"), "cvusa", 3, seed=1, progress=False, workers=1, segmaps=False)
+    assert not os.path.exists(tmp_path / "nomaps" / "splits" / "train_xfork_cvusa.txt")

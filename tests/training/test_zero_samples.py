@@ -1,6 +1,6 @@
 """A run that would train on nothing fails with a CvmError naming the split and the first reasons the
 samples were dropped: retrieval, GAN, the Regmi joint stage, and the CVUSA pano -> aerial X-Fork flagfile
-on a folder without aerial segmentation maps. Never "done" after zero steps."""
+on a folder without Regmi's list of aerial maps or without the maps it lists. Never "done" after zero steps."""
 
 import glob
 import os
@@ -121,8 +121,23 @@ def test_regmi_joint_stage_without_synthesized_aerials_fails(cvusa_folder, tmp_p
     assert str(synthesized) in message and ": missing" in message
 
 
-def test_xfork_pano2aerial_cvusa_flagfile_on_cvusa_without_aerial_maps(cvusa_folder, tmp_path):
-    """The known case: CVUSA as distributed has no bingmap/annotations/<stem>.png, so every sample drops."""
+def test_xfork_pano2aerial_cvusa_flagfile_on_cvusa_without_the_xfork_list(cvusa_folder, tmp_path):
+    """The known case: CVUSA as distributed has no splits/train_xfork_cvusa.txt (Regmi's list of aerial maps)."""
+    root = broken_copy(cvusa_folder, str(tmp_path / "cvusa"), "splits/*_xfork_cvusa.txt", "remove")
+    out = subprocess.run([sys.executable, "-m", "cvm.cli.main", "train",
+                          "--flagfile=experiments/xfork_pano2aerial_cvusa.cfg", f"--root={root}",
+                          f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "done" not in out.stdout
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("cvm train: error: CVUSA split file not found: "
+                           f"{os.path.join(root, 'splits', 'train_xfork_cvusa.txt')}")
+    assert "kregmi/cross-view-image-matching" in line and "--split_file" in line and "--aerial_seg_dir" in line
+
+
+def test_xfork_pano2aerial_cvusa_flagfile_on_a_list_whose_maps_are_missing(cvusa_folder, tmp_path):
+    """The list is there (`cvm data synth` writes one) but the maps of its column 3 are not: every sample drops."""
     root = broken_copy(cvusa_folder, str(tmp_path / "cvusa"), "bingmap/annotations/*.png", "remove")
     out = subprocess.run([sys.executable, "-m", "cvm.cli.main", "train",
                           "--flagfile=experiments/xfork_pano2aerial_cvusa.cfg", f"--root={root}",

@@ -5,10 +5,13 @@ CVUSA:
     streetview/panos/{id}.jpg        1232x224 panorama (vertical fov 224/1232*360 deg around the horizon)
     streetview/annotations/{id}.png  1232x224 colour segmentation map of the panorama (CVUSA's own
                                      street-view annotation folder, the third CSV column)
-    bingmap/annotations/{id}.png     750x750 colour segmentation map of the aerial (CVUSA has none;
-                                     the folder cvm.data.synthesis reads for ground -> aerial)
+    bingmap/annotations/{id}.png     750x750 colour segmentation map of the aerial (CVUSA has none)
     splits/train-19zl.csv, splits/val-19zl.csv
         rows "bingmap/19/{id}.jpg,streetview/panos/{id}.jpg,streetview/annotations/{id}.png" (no header)
+    splits/train_xfork_cvusa.txt, splits/val_xfork_cvusa.txt (with the maps)
+        rows "bingmap/19/{id}.jpg,streetview/panos/{id}.jpg,bingmap/annotations/{id}.png": the format
+        of Regmi's list for the panorama -> aerial X-Fork (column 3: the aerial map), which
+        cvm.data.synthesis reads for ground -> aerial as it reads the real one
     Segmentation maps colour each pixel by its class with dataset.SEG_COLOURS_RGB (ground, road,
     building, tree, sky = Cityscapes terrain, road, building, vegetation, sky colours); PNG, so the
     colours stay exact. segmaps=False leaves them out (the retrieval loaders never read them).
@@ -186,6 +189,14 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
                 for i in rows:
                     f.write(f"bingmap/19/{names[i]}.jpg,streetview/panos/{names[i]}.jpg,"
                             f"streetview/annotations/{names[i]}.png\n")
+        if segmaps:  # Regmi's pano -> aerial lists (cvm.data.synthesis.XFORK_SPLIT_FILES)
+            from cvm.data.synthesis import XFORK_SPLIT_FILES
+
+            for split_name, rows in (("train", range(n_train)), ("val", range(n_train, pairs))):
+                with open(os.path.join(out_dir, "splits", XFORK_SPLIT_FILES[split_name]), "w", newline="") as f:
+                    for i in rows:
+                        f.write(f"bingmap/19/{names[i]}.jpg,streetview/panos/{names[i]}.jpg,"
+                                f"bingmap/annotations/{names[i]}.png\n")
     else:
         write_act_data(os.path.join(out_dir, "ACT_data.mat"), names, locations, n_train)
     return {"layout": layout, "pairs": pairs, "train": n_train, "val": n_val, "out_dir": os.path.abspath(out_dir),
