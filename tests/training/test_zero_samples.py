@@ -121,16 +121,22 @@ def test_regmi_joint_stage_without_synthesized_aerials_fails(cvusa_folder, tmp_p
     assert str(synthesized) in message and ": missing" in message
 
 
-def test_xfork_pano2aerial_cvusa_flagfile_on_cvusa_without_the_xfork_list(cvusa_folder, tmp_path):
-    """The known case: CVUSA as distributed has no splits/train_xfork_cvusa.txt (Regmi's list of aerial maps)."""
-    root = broken_copy(cvusa_folder, str(tmp_path / "cvusa"), "splits/*_xfork_cvusa.txt", "remove")
+def xfork_cvusa_error_line(root, tmp_path):
+    """The last stderr line of `cvm train --flagfile=experiments/xfork_pano2aerial_cvusa.cfg` on `root`, which must
+    fail with exit status 2, without a traceback and without reporting a finished run."""
     out = subprocess.run([sys.executable, "-m", "cvm.cli.main", "train",
                           "--flagfile=experiments/xfork_pano2aerial_cvusa.cfg", f"--root={root}",
                           f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
                          cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "done" not in out.stdout
-    line = out.stderr.strip().splitlines()[-1]
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_xfork_pano2aerial_cvusa_flagfile_on_cvusa_without_the_xfork_list(cvusa_folder, tmp_path):
+    """The known case: CVUSA as distributed has no splits/train_xfork_cvusa.txt (Regmi's list of aerial maps)."""
+    root = broken_copy(cvusa_folder, str(tmp_path / "cvusa"), "splits/*_xfork_cvusa.txt", "remove")
+    line = xfork_cvusa_error_line(root, tmp_path)
     assert line.startswith("cvm train: error: CVUSA split file not found: "
                            f"{os.path.join(root, 'splits', 'train_xfork_cvusa.txt')}")
     assert "kregmi/cross-view-image-matching" in line and "--split_file" in line and "--aerial_seg_dir" in line
@@ -139,13 +145,7 @@ def test_xfork_pano2aerial_cvusa_flagfile_on_cvusa_without_the_xfork_list(cvusa_
 def test_xfork_pano2aerial_cvusa_flagfile_on_a_list_whose_maps_are_missing(cvusa_folder, tmp_path):
     """The list is there (`cvm data synth` writes one) but the maps of its column 3 are not: every sample drops."""
     root = broken_copy(cvusa_folder, str(tmp_path / "cvusa"), "bingmap/annotations/*.png", "remove")
-    out = subprocess.run([sys.executable, "-m", "cvm.cli.main", "train",
-                          "--flagfile=experiments/xfork_pano2aerial_cvusa.cfg", f"--root={root}",
-                          f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
-                         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Traceback" not in out.stderr and "done" not in out.stdout
-    line = out.stderr.strip().splitlines()[-1]
+    line = xfork_cvusa_error_line(root, tmp_path)
     assert line.startswith("cvm train: error: the cvusa 'train' training split")
     assert "has no usable sample" in line and os.path.join(root, "bingmap", "annotations") in line
     assert ": missing" in line
