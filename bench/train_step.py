@@ -14,8 +14,10 @@ compilation), then `--repeats` rounds each time `--steps` steps of every variant
 interleaved (in a rotated order each round) so that machine noise hits them alike. Reported: median
 pairs/s over the rounds and its ratio to `tf1`, and the median process CPU seconds per step with the
 CPU-time ratio (tf1 / variant; less sensitive to other jobs on a shared machine).
-Target: ours >= 1.2x tf1 at batch 8, ground 64x256, aerial 128x128, float32 (on the project's 2-core
-CPU the original runs about 2.4 pairs/s). Both use TensorFlow's default thread pools.
+Target: ours (TF's kernels, no XLA) >= 1.0x tf1 on every CPU of the project's 2-core kind (issue 11;
+XLA is chosen per machine by `cvm train`, so the kernels are the floor), at batch 8, ground 64x256,
+aerial 128x128, float32; the original runs 1.8 to 8.3 pairs/s depending on the CPU (README). Both use
+TensorFlow's default thread pools.
 
   python bench/train_step.py [--batch 8] [--ground 64,256] [--aerial 128,128] [--steps 5] [--repeats 3]
       [--variants ours,ours_xla,tf1]  # also: tf1_const, ours_mixed_float16, ours_mixed_bfloat16
@@ -182,7 +184,7 @@ def main(argv=None):
               f"{cpu_med:>12.2f}{cpu_ratio:>12}")
     if baseline and "ours" in rates:
         ratio = statistics.median(rates["ours"]) / baseline
-        print(f"\nours / tf1 = {ratio:.2f} (target >= 1.2): {'met' if ratio >= 1.2 else 'NOT met'}")
+        print(f"\nours / tf1 = {ratio:.2f} (target >= 1.0): {'met' if ratio >= 1.0 else 'NOT met'}")
 
 
 if __name__ == "__main__":
