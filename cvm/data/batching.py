@@ -15,6 +15,7 @@ threads). Whole batches cross into TensorFlow through one `from_generator` call 
 
 from __future__ import annotations
 
+import abc
 import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +101,7 @@ def loaded_batches(load: Callable[[int, int], Optional[dict]], items: Iterable[T
                 future.cancel()
 
 
-class EpochPipeline:
+class EpochPipeline(abc.ABC):
     """Base of the pipelines: the epoch schedule and the tf.data wrapping of loaded batches.
 
     A subclass gives `self.split` (len() and, for errors, `.name` / `.dataset`), and implements
@@ -143,14 +144,17 @@ class EpochPipeline:
             epoch += 1
 
     # --- hooks ----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def sample_spec(self) -> Dict[str, Tuple[tuple, type]]:
-        raise NotImplementedError
+        """{name: (shape, NumPy dtype)} of one loaded sample ("index" is added by the engine)."""
 
+    @abc.abstractmethod
     def load_sample(self, index: int, epoch: int, train: bool) -> Optional[dict]:
-        raise NotImplementedError
+        """The sample's arrays as `sample_spec` says, or None to leave it out (it is reported by the loader)."""
 
+    @abc.abstractmethod
     def finish_batch(self, batch: dict):
-        raise NotImplementedError
+        """A TF function of a batch dict (with "index") -> the (features, meta) element."""
 
     # --- datasets -------------------------------------------------------------------------------
     def _dataset(self, make_items: Callable[[], Iterable], batch_size: int, train: bool, skip_batches: int = 0):
