@@ -40,6 +40,28 @@ def usage() -> str:
     return USAGE.format(verbs="\n".join(f"  {v.ljust(width)}  {d}" for v, (_, d) in VERBS.items()))
 
 
+def shipped_flagfiles(args: list) -> list:
+    """`--flagfile experiments/X.cfg` that is not a file here names cvm's shipped flagfile X (any folder)."""
+    from cvm import resources
+    from cvm.errors import CvmError
+
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--flagfile", "-flagfile") and i + 1 < len(args):
+            arg, i = f"--flagfile={args[i + 1]}", i + 1
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            path = arg.split("=", 1)[1]
+            if path.startswith("experiments/") and not os.path.isfile(path):
+                try:
+                    arg = f"--flagfile={resources.find_flagfile(path)}"
+                except CvmError:
+                    pass  # absl's own error names the missing file
+        out.append(arg)
+        i += 1
+    return out
+
+
 def run(argv=None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "-help", "help", "--helpfull"):
@@ -57,6 +79,7 @@ def run(argv=None) -> None:
         sys.exit(2)
     from cvm.cli import quiet
 
+    argv[2:] = shipped_flagfiles(argv[2:])
     quiet.configure(argv[2:])  # before anything imports TensorFlow
     module = importlib.import_module(VERBS[verb][0])
     module.run([f"cvm {verb}"] + argv[2:])

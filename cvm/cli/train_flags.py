@@ -7,34 +7,15 @@ import dataclasses
 from absl import flags
 
 from cvm.cli import flag_table
-from cvm.training.config import TrainConfig
+from cvm.training.config import TrainConfig, model_option_table
 
 _DEFAULTS = TrainConfig()
 
-# field -> (kind, help). kind: str, int, float, bool, size (H,W), or ("enum", choices).
-FIELDS = {
+# field -> (kind, help). kind: str, int, float, bool, size (H,W), or ("enum", choices). The model options'
+# entries come from the models' constructors and docstrings (cvm.training.config.model_option_table).
+RUN_FIELDS = {
     "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, cvft, cvft_vgg_conv, cvft_vgg_gp, safa, regmi_two_stream, ...; "
                       "or a synthesis GAN: xfork, xseq, xpix2pix, xfork_pano2aerial, xfork_aerial2pano."),
-    "keep_prob": ("float", "Dropout keep probability of the VGG conv4/conv5 and TransNet layers (rate = 1 - keep_prob)."),
-    "weights": ("str", "Backbone initialisation: 'imagenet' (Keras' VGG16 weights; needs internet), a local "
-                       "Keras VGG16 notop .h5 file, or empty for random."),
-    "output_dim": ("int", "Descriptor size (4096 in the papers)."),
-    "clusters": ("int", "NetVLAD clusters K (64 in the papers)."),
-    "backbone_width": ("float", "Channel multiplier of the VGG16 tower (1.0 = the paper; 0.125 = the quickstart's "
-                                "small backbone)."),
-    "freeze_blocks": ("int", "Number of leading VGG blocks kept frozen (3 in CVM-Net: conv1-conv3)."),
-    "normalize_output": ("bool", "L2-normalise CVM-Net-II descriptors (the original did not, though its loss "
-                                 "assumes unit norm; --nonormalize_output keeps the original)."),
-    "init": (("enum", ["original", "he"]), "Initialisation: original (the TF1 code's; meant for ImageNet-initialised "
-                                           "towers) or he (He-normal convs, zero biases: learns from scratch)."),
-    "sinkhorn_iterations": ("int", "CVFT: Sinkhorn iterations (20 in the original)."),
-    "sinkhorn_scale": ("float", "CVFT: Sinkhorn input log_alpha = scale * cost (-100 in the original: entropic "
-                                "temperature 0.01)."),
-    "resize_mode": (("enum", ["legacy", "half_pixel"]), "CVFT: bilinear resize of the ground map to the aerial "
-                                                       "map size: legacy (TF1 resize_bilinear, as the original) "
-                                                       "or half_pixel (TF2 tf.image.resize)."),
-    "spatial_maps": ("int", "SAFA: number of spatial-aware importance maps (8 in SAFA_8)."),
-    "multiscale": ("bool", "Regmi & Shah: concatenate conv6-8 (default) or use conv8 only (--nomultiscale)."),
     "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop", "dayton"]),
                 "Dataset (synthetic = the embedded world; dayton: synthesis methods only)."),
     "root": ("str", "Dataset root folder (not used by the synthetic world)."),
@@ -98,6 +79,10 @@ FIELDS = {
     "kill_after_steps": ("int", "Testing aid: SIGKILL this process right after global step N (to test resumption)."),
 }
 
+MODEL_FIELDS = {name: (option.kind, option.help[:1].upper() + option.help[1:])
+                for name, option in model_option_table().items()}
+FIELDS = {"method": RUN_FIELDS["method"], **MODEL_FIELDS, **{k: v for k, v in RUN_FIELDS.items() if k != "method"}}
+
 assert set(FIELDS) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field needs a flag"
 
 
@@ -118,8 +103,6 @@ def help_texts() -> dict:
     "(default: ...)" is the retrieval one); a retrieval-only flag says so, and a model option names the
     methods whose builders take it (cvm.models.builder_options).
     """
-    from cvm.models import available_methods, builder_options
-    from cvm.training.config import MODEL_OPTION_FIELDS
     from cvm.training.synthesis_config import METHOD_DEFAULTS, SynthesisConfig
 
     synthesis = {f.name: f.default for f in dataclasses.fields(SynthesisConfig)}
@@ -144,9 +127,11 @@ def help_texts() -> dict:
                         f"methods: {other_text}.")
             texts[name] = text
         else:
-            if name in MODEL_OPTION_FIELDS:
-                methods = [m for m in available_methods() if name in builder_options(m)]
-                text = f"{text} (methods: {', '.join(methods)})"
+            if name in MODEL_FIELDS:
+                option = model_option_table()[name]
+                text = f"{text} (methods: {', '.join(option.methods)})"
+                if option.default is None and name != "weights":
+                    text = f"{text} Default: the method's own."
             texts[name] = f"Retrieval: {text}"
     return texts
 

@@ -4,10 +4,12 @@
 from cvm.models import build_model
 model = build_model("cvm_net_i", backbone_width=0.125, clusters=8, output_dim=32)
 model.descriptor_dim, model.l2_normalized  # (32, True)
+model_options("safa")  # {option: inspect.Parameter}: the model constructor's options
 ```
 """
 
-from cvm.models.registry import available_methods, build_model, builder_options, register
+from cvm.models.registry import available_methods, build_model, builder_options, model_class, model_options, register
+from cvm.models.two_tower import TwoTowerModel, VGGTwoTower
 from cvm.models.vgg import VGG16Tower, load_vgg16_weights
 from cvm.models.netvlad import NetVLAD
 from cvm.models.cvm_net import CVMNetI, CVMNetII
@@ -21,6 +23,10 @@ __all__ = [
     "available_methods",
     "build_model",
     "builder_options",
+    "model_class",
+    "model_options",
+    "TwoTowerModel",
+    "VGGTwoTower",
     "register",
     "VGG16Tower",
     "load_vgg16_weights",

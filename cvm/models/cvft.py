@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import typing
 
 import keras
 import numpy as np
@@ -18,7 +19,8 @@ from cvm.errors import CvmError
 from cvm.models.netvlad import l2_normalize
 from cvm.models.registry import register
 from cvm.models.sinkhorn import Sinkhorn, transport_map
-from cvm.models.vgg import VGG16Tower, conv_initializers, load_vgg16_weights
+from cvm.models.two_tower import VGGTwoTower
+from cvm.models.vgg import conv_initializers
 
 RESIZE_MODES = ("legacy", "half_pixel")
 PAPER_AERIAL_SIZE = (256, 256)
@@ -79,47 +81,22 @@ def resize_bilinear(images, size, mode="legacy"):
     return top + (bottom - top) * y_frac
 
 
-class _CVFTBase(keras.Model):
-    """Options and towers shared by the three networks of ot_net.py."""
+class _CVFTBase(VGGTwoTower):
+    """Options and towers shared by the three networks of ot_net.py.
 
-    def __init__(
-        self,
-        keep_prob=0.8,
-        weights=None,
-        backbone_width=1.0,
-        freeze_blocks=3,
-        init="original",
-        aerial_size=PAPER_AERIAL_SIZE,
-        **kwargs,
-    ):
+    Args:
+        aerial_size: (height, width) of the aerial input (an int: square); sets the map size the ground
+            map is resized to, the OT matrix size and `descriptor_dim`.
+    """
+
+    def __init__(self, aerial_size: tuple = PAPER_AERIAL_SIZE, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < float(keep_prob) <= 1.0:
-            raise CvmError(f"keep_prob must be in (0, 1], got {keep_prob}")
-        if weights is not None and float(backbone_width) != 1.0:
-            raise CvmError(f"weights={weights!r} needs backbone_width=1.0 (got {backbone_width}); pass weights=None")
+        if not isinstance(aerial_size, (tuple, list)):
+            aerial_size = (aerial_size, aerial_size)
         aerial_size = tuple(int(v) for v in aerial_size)
         if len(aerial_size) != 2 or min(aerial_size) < 1:
             raise CvmError(f"aerial_size must be (height, width) of the aerial input, got {aerial_size}")
-        self.keep_prob = float(keep_prob)
-        self.weights_source = None if weights is None else str(weights)  # `weights` is taken by keras.Layer
-        self.backbone_width = float(backbone_width)
-        self.freeze_blocks = int(freeze_blocks)
-        self.init = init
         self.aerial_size = aerial_size
-        conv_initializers(init)  # validates
-        tower_options = dict(
-            width=self.backbone_width,
-            freeze_blocks=self.freeze_blocks,
-            dropout_rate=round(1.0 - self.keep_prob, 9),
-            init=init,
-        )
-        # The original's variable scopes, so that the TF1 converter can match them.
-        self.ground_tower = VGG16Tower(name="VGG_grd", **tower_options)
-        self.aerial_tower = VGG16Tower(name="VGG_sat", **tower_options)
-
-    def _load_pretrained_backbones(self):
-        if self.weights_source is not None:
-            load_vgg16_weights([self.ground_tower, self.aerial_tower], self.weights_source)
 
     def _check_aerial(self, images):
         # The ground branch is sized for the aerial map of `aerial_size` (the OT matrix, the resize):
@@ -135,36 +112,19 @@ class _CVFTBase(keras.Model):
                 f"{height}x{width} aerial images; build it with aerial_size=({height}, {width}) (--aerial_size)"
             )
 
-    def call(self, inputs, training=None):
-        return {
-            "ground": self.encode_ground(inputs["ground"], training=training),
-            "aerial": self.encode_aerial(inputs["aerial"], training=training),
-        }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            keep_prob=self.keep_prob,
-            weights=self.weights_source,
-            backbone_width=self.backbone_width,
-            freeze_blocks=self.freeze_blocks,
-            init=self.init,
-            aerial_size=list(self.aerial_size),
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        # A saved model carries its trained weights: never fetch the initial ones again.
-        return cls(**{**config, "weights": None})
-
 
 class _CVFTConvBase(_CVFTBase):
-    """What `CVFTVGGConv` and `CVFT` share: the towers, the 3x3/2 reducing convs, resize and flatten."""
+    """What `CVFTVGGConv` and `CVFT` share: the towers, the 3x3/2 reducing convs, resize and flatten.
+
+    Args:
+        ot_channels: output channels of `grd_conv` / `sat_conv` (64 in the original).
+        resize_mode: "legacy" (TF1 `resize_bilinear`, the original) or "half_pixel" (tf.image.resize).
+    """
 
     l2_normalized = True
 
-    def __init__(self, ot_channels=64, resize_mode="legacy", **kwargs):
+    def __init__(self, ot_channels: int = 64, resize_mode: typing.Literal["legacy", "half_pixel"] = "legacy",
+                 **kwargs):
         super().__init__(**kwargs)
         if resize_mode not in RESIZE_MODES:
             raise CvmError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
@@ -206,12 +166,9 @@ class _CVFTConvBase(_CVFTBase):
         self._check_aerial(images)
         return self._flatten(self.aerial_conv(self.aerial_tower(images, training=training)))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(ot_channels=self.ot_channels, resize_mode=self.resize_mode)
-        return config
 
 
+@register("cvft_vgg_conv")
 @keras.saving.register_keras_serializable(package="cvm")
 class CVFTVGGConv(_CVFTConvBase):
     """CVFT's `VGG_conv` baseline: CVFT without optimal feature transport (Shi et al., AAAI 2020).
@@ -246,9 +203,10 @@ class CVFTVGGConv(_CVFTConvBase):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.build()
-        self._load_pretrained_backbones()
+        self.load_pretrained_backbones()
 
 
+@register("cvft")
 @keras.saving.register_keras_serializable(package="cvm")
 class CVFT(_CVFTConvBase):
     """CVFT: Cross-View Feature Transport (Shi, Yu, Liu, Zhang, Li; AAAI 2020).
@@ -285,7 +243,7 @@ class CVFT(_CVFTConvBase):
     ```
     """
 
-    def __init__(self, sinkhorn_iterations=20, sinkhorn_scale=-100.0, **kwargs):
+    def __init__(self, sinkhorn_iterations: int = 20, sinkhorn_scale: float = -100.0, **kwargs):
         super().__init__(**kwargs)
         if int(sinkhorn_iterations) < 1:
             raise CvmError(f"sinkhorn_iterations must be at least 1, got {sinkhorn_iterations}")
@@ -304,7 +262,7 @@ class CVFT(_CVFTConvBase):
         )
         self.sinkhorn = Sinkhorn(self.sinkhorn_iterations, self.sinkhorn_scale, name="sinkhorn", dtype="float32")
         self.build()
-        self._load_pretrained_backbones()
+        self.load_pretrained_backbones()
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -322,12 +280,9 @@ class CVFT(_CVFTConvBase):
         ground_map = self._ground_map(images, training)
         return self._flatten(transport_map(ground_map, self.transport_plan(ground_map)))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(sinkhorn_iterations=self.sinkhorn_iterations, sinkhorn_scale=self.sinkhorn_scale)
-        return config
 
 
+@register("cvft_vgg_gp")
 @keras.saving.register_keras_serializable(package="cvm")
 class CVFTVGGGP(_CVFTBase):
     """CVFT's `VGG_gp` baseline: global max-pooling of each view's conv5_3 (Shi et al., AAAI 2020).
@@ -337,9 +292,8 @@ class CVFTVGGGP(_CVFTBase):
     Per view: VGG16 tower (as in `CVFT`), max over all positions -> 512 * backbone_width values,
     L2-normalised. Any input size.
 
-    Args:
-        keep_prob, weights, backbone_width, freeze_blocks, init, aerial_size: as `CVFTVGGConv`
-        (`aerial_size` is only recorded: the descriptor does not depend on it).
+    Options: those of `VGGTwoTower` and `aerial_size`, as `CVFTVGGConv` (`aerial_size` is only recorded
+    here: the descriptor does not depend on it).
 
     Example:
     ```python
@@ -354,7 +308,7 @@ class CVFTVGGGP(_CVFTBase):
         super().__init__(**kwargs)
         self.descriptor_dim = self.ground_tower.output_channels
         self.build()
-        self._load_pretrained_backbones()
+        self.load_pretrained_backbones()
 
     def build(self, input_shape=None):
         self.ground_tower.build()
@@ -371,36 +325,3 @@ class CVFTVGGGP(_CVFTBase):
     def encode_aerial(self, images, training=False):
         """[B, Ha, Wa, 3] aerial images -> [B, 512 * backbone_width] unit descriptors."""
         return self._encode(images, self.aerial_tower, training)
-
-
-def _square_size(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (int(value), int(value))
-
-
-@register("cvft")
-def cvft(keep_prob=0.8, weights=None, backbone_width=1.0, freeze_blocks=3, init="original",
-         aerial_size=PAPER_AERIAL_SIZE, ot_channels=64, resize_mode="legacy", sinkhorn_iterations=20,
-         sinkhorn_scale=-100.0):
-    """CVFT (see `CVFT`)."""
-    model = CVFT(keep_prob=keep_prob, weights=weights, backbone_width=backbone_width, freeze_blocks=freeze_blocks,
-                 init=init, aerial_size=_square_size(aerial_size), ot_channels=ot_channels, resize_mode=resize_mode,
-                 sinkhorn_iterations=sinkhorn_iterations, sinkhorn_scale=sinkhorn_scale)
-    return model
-
-
-@register("cvft_vgg_conv")
-def cvft_vgg_conv(keep_prob=0.8, weights=None, backbone_width=1.0, freeze_blocks=3, init="original",
-                  aerial_size=PAPER_AERIAL_SIZE, ot_channels=64, resize_mode="legacy"):
-    """CVFT's VGG_conv baseline (see `CVFTVGGConv`)."""
-    model = CVFTVGGConv(keep_prob=keep_prob, weights=weights, backbone_width=backbone_width,
-                        freeze_blocks=freeze_blocks, init=init, aerial_size=_square_size(aerial_size),
-                        ot_channels=ot_channels, resize_mode=resize_mode)
-    return model
-
-
-@register("cvft_vgg_gp")
-def cvft_vgg_gp(keep_prob=0.8, weights=None, backbone_width=1.0, freeze_blocks=3, init="original",
-                aerial_size=PAPER_AERIAL_SIZE):
-    """CVFT's VGG_gp baseline (see `CVFTVGGGP`)."""
-    return CVFTVGGGP(keep_prob=keep_prob, weights=weights, backbone_width=backbone_width,
-                     freeze_blocks=freeze_blocks, init=init, aerial_size=_square_size(aerial_size))

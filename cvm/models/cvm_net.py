@@ -8,81 +8,28 @@ from keras import ops
 from cvm.errors import CvmError
 from cvm.models.netvlad import NetVLAD, l2_normalize
 from cvm.models.registry import register
-from cvm.models.vgg import VGG16Tower, conv_initializers, load_vgg16_weights
+from cvm.models.two_tower import VGGTwoTower
+from cvm.models.vgg import conv_initializers
 
 
-class _CVMNet(keras.Model):
-    """What CVM-Net-I and -II share: options, one VGG16 tower per view, the two-view call."""
+class _CVMNet(VGGTwoTower):
+    """What CVM-Net-I and -II share: the VGG16 towers and the NetVLAD sizes.
 
-    def __init__(
-        self,
-        keep_prob=0.8,
-        weights=None,
-        clusters=64,
-        output_dim=4096,
-        backbone_width=1.0,
-        freeze_blocks=3,
-        init="original",
-        **kwargs,
-    ):
+    Args:
+        clusters: NetVLAD clusters K.
+        output_dim: descriptor size (`descriptor_dim`).
+    """
+
+    def __init__(self, clusters: int = 64, output_dim: int = 4096, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < float(keep_prob) <= 1.0:
-            raise CvmError(f"keep_prob must be in (0, 1], got {keep_prob}")
         if int(clusters) < 1 or int(output_dim) < 1:
             raise CvmError(f"clusters and output_dim must be positive, got {clusters} and {output_dim}")
-        if weights is not None and float(backbone_width) != 1.0:
-            raise CvmError(f"weights={weights!r} needs backbone_width=1.0 (got {backbone_width}); pass weights=None")
-        self.keep_prob = float(keep_prob)
-        # `weights` is taken by keras.Layer (the list of variables): keep the option under another name.
-        self.weights_source = None if weights is None else str(weights)
         self.clusters = int(clusters)
         self.output_dim = int(output_dim)
-        self.backbone_width = float(backbone_width)
-        self.freeze_blocks = int(freeze_blocks)
-        self.init = init
-        conv_initializers(init)  # validates
         self.descriptor_dim = self.output_dim
-        tower_options = dict(
-            width=self.backbone_width, freeze_blocks=self.freeze_blocks, dropout_rate=self.dropout_rate, init=init
-        )
-        # Scope names of the original graph, so the TF1 converter and readers can match them.
-        self.ground_tower = VGG16Tower(name="VGG_grd", **tower_options)
-        self.aerial_tower = VGG16Tower(name="VGG_sat", **tower_options)
-
-    @property
-    def dropout_rate(self) -> float:
-        return round(1.0 - self.keep_prob, 9)  # 1 - 0.8 without the float residue
-
-    def _load_pretrained_backbones(self):
-        if self.weights_source is not None:
-            load_vgg16_weights([self.ground_tower, self.aerial_tower], self.weights_source)
-
-    def call(self, inputs, training=None):
-        return {
-            "ground": self.encode_ground(inputs["ground"], training=training),
-            "aerial": self.encode_aerial(inputs["aerial"], training=training),
-        }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            keep_prob=self.keep_prob,
-            weights=self.weights_source,
-            clusters=self.clusters,
-            output_dim=self.output_dim,
-            backbone_width=self.backbone_width,
-            freeze_blocks=self.freeze_blocks,
-            init=self.init,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        # A saved model carries its trained weights: do not fetch the initial ones again
-        # (that would need the network, or a file that may have moved).
-        return cls(**{**config, "weights": None})
 
 
+@register("cvm_net_i")
 @keras.saving.register_keras_serializable(package="cvm")
 class CVMNetI(_CVMNet):
     """CVM-Net-I: VGG16 + NetVLAD per view and a shared FC (Hu et al., CVPR 2018).
@@ -131,7 +78,7 @@ class CVMNetI(_CVMNet):
             fc_init = dict(kernel_initializer="glorot_uniform", bias_initializer="zeros")
         self.dim_reduction = keras.layers.Dense(self.output_dim, name="dim_reduction", **fc_init)
         self.build()
-        self._load_pretrained_backbones()
+        self.load_pretrained_backbones()
 
     def build(self, input_shape=None):
         channels = self.ground_tower.output_channels
@@ -166,6 +113,7 @@ class CVMNetI(_CVMNet):
         return self._encode(images, self.aerial_tower, self.aerial_netvlad, training)
 
 
+@register("cvm_net_ii")
 @keras.saving.register_keras_serializable(package="cvm")
 class CVMNetII(_CVMNet):
     """CVM-Net-II: VGG16 towers, a partly shared TransNet and one shared NetVLAD (Hu et al., CVPR 2018).
@@ -191,7 +139,8 @@ class CVMNetII(_CVMNet):
         output_dim: descriptor size (`descriptor_dim`).
         backbone_width: channel multiplier of the VGG towers and TransNet.
         freeze_blocks: leading VGG blocks kept frozen (3 as the paper).
-        normalize_output: L2-normalise the descriptors (see the deviation above).
+        normalize_output: L2-normalise the descriptors (the original did not, though its loss assumes unit
+            norm; False keeps the original).
 
     Example:
     ```python
@@ -200,7 +149,7 @@ class CVMNetII(_CVMNet):
     ```
     """
 
-    def __init__(self, normalize_output=True, **kwargs):
+    def __init__(self, normalize_output: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.normalize_output = bool(normalize_output)
         self.l2_normalized = self.normalize_output
@@ -223,7 +172,7 @@ class CVMNetII(_CVMNet):
         self.trans_dropouts = [keras.layers.Dropout(self.dropout_rate, name=f"trans_dropout{i}") for i in range(3)]
         self.netvlad = NetVLAD(self.clusters, output_dim=self.output_dim, name="netvlad")
         self.build()
-        self._load_pretrained_backbones()
+        self.load_pretrained_backbones()
 
     def build(self, input_shape=None):
         shape = (None, None, None, self.ground_tower.output_channels)
@@ -247,47 +196,3 @@ class CVMNetII(_CVMNet):
     def encode_aerial(self, images, training=False):
         """[B, Ha, Wa, 3] aerial images -> [B, output_dim] descriptors."""
         return self._encode(images, self.aerial_tower, self.aerial_trans_conv, training)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(normalize_output=self.normalize_output)
-        return config
-
-
-@register("cvm_net_i")
-def cvm_net_i(keep_prob=0.8, weights=None, clusters=64, output_dim=4096, backbone_width=1.0, freeze_blocks=3,
-              init="original"):
-    """CVM-Net-I (see `CVMNetI`)."""
-    return CVMNetI(
-        init=init,
-        keep_prob=keep_prob,
-        weights=weights,
-        clusters=clusters,
-        output_dim=output_dim,
-        backbone_width=backbone_width,
-        freeze_blocks=freeze_blocks,
-    )
-
-
-@register("cvm_net_ii")
-def cvm_net_ii(
-    keep_prob=0.8,
-    weights=None,
-    clusters=64,
-    output_dim=4096,
-    backbone_width=1.0,
-    freeze_blocks=3,
-    normalize_output=True,
-    init="original",
-):
-    """CVM-Net-II (see `CVMNetII`)."""
-    return CVMNetII(
-        init=init,
-        keep_prob=keep_prob,
-        weights=weights,
-        clusters=clusters,
-        output_dim=output_dim,
-        backbone_width=backbone_width,
-        freeze_blocks=freeze_blocks,
-        normalize_output=normalize_output,
-    )

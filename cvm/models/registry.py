@@ -1,31 +1,45 @@
-"""Method name -> model builder, so every retrieval method is reachable through `--method`.
+"""Method name -> model class, so every retrieval method is reachable through `--method`.
 
-A builder is a function taking keyword options and returning a `keras.Model` that maps
-`{"ground": [B, Hg, Wg, 3], "aerial": [B, Ha, Wa, 3]}` to `{"ground": [B, D], "aerial": [B, D]}`.
-Builders register themselves with `@register("name")` when their module is imported
+A model class (a `cvm.models.two_tower.TwoTowerModel`) maps `{"ground": [B, Hg, Wg, 3], "aerial": [B, Ha, Wa,
+3]}` to `{"ground": [B, D], "aerial": [B, D]}`; its constructor's keyword arguments are its options (see
+two_tower.py). Classes register themselves with `@register("name")` when their module is imported
 (`cvm.models` imports them all).
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
-
 from cvm.errors import CvmError
 
-_BUILDERS: dict[str, Callable] = {}
+_BUILDERS: dict[str, type] = {}
+# Methods whose model gets a fixed Keras name (not the numbered default): optimizer slot names embed it, and a
+# run resumed in the same process must find the same names in its checkpoint.
+_FIXED_NAMES: dict[str, str] = {}
 
 
-def register(name: str):
-    """Decorator registering `builder(**options) -> keras.Model` under `name`."""
+def register(name: str, fixed_name: bool = False):
+    """Class decorator registering a TwoTowerModel subclass as method `name`."""
 
-    def decorator(builder: Callable) -> Callable:
-        if name in _BUILDERS and _BUILDERS[name] is not builder:
+    def decorator(model_class: type) -> type:
+        if name in _BUILDERS and _BUILDERS[name] is not model_class:
             raise ValueError(f"model method {name!r} is registered twice")
-        _BUILDERS[name] = builder
-        return builder
+        if not hasattr(model_class, "option_parameters"):
+            raise TypeError(f"{model_class.__name__} must be a cvm.models.two_tower.TwoTowerModel to be registered")
+        _BUILDERS[name] = model_class
+        if fixed_name:
+            _FIXED_NAMES[name] = name
+        return model_class
 
     return decorator
+
+
+def model_class(method: str) -> type:
+    """The class registered as `method` (CvmError listing the valid methods otherwise)."""
+    return _lookup(method)
+
+
+def model_options(method: str) -> dict:
+    """{option: inspect.Parameter} of `method`'s model (default, annotation); see two_tower.py."""
+    return _lookup(method).option_parameters()
 
 
 def available_methods() -> list[str]:
@@ -35,12 +49,7 @@ def available_methods() -> list[str]:
 
 def builder_options(method: str) -> dict:
     """The options `method` accepts, with their defaults."""
-    builder = _lookup(method)
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(builder).parameters.items()
-        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-    }
+    return _lookup(method).option_defaults()
 
 
 def build_model(method: str, **options):
@@ -58,13 +67,15 @@ def build_model(method: str, **options):
             f"unknown option(s) {', '.join(unknown)} for method {method!r}; "
             f"valid options: {', '.join(sorted(accepted))}"
         )
+    if method in _FIXED_NAMES:
+        options = {"name": _FIXED_NAMES[method], **options}
     model = builder(**options)
     if getattr(model, "built", True) is False:
-        raise TypeError(f"the builder of {method!r} must return a built model (call self.build() in __init__)")
+        raise TypeError(f"the model of {method!r} must come back built (call self.build() in __init__)")
     return model
 
 
-def _lookup(method: str) -> Callable:
+def _lookup(method: str) -> type:
     if method not in _BUILDERS:
         raise CvmError(
             f"unknown method {method!r}; valid methods: {', '.join(available_methods()) or '(none registered)'}"

@@ -14,6 +14,7 @@ and 512x512 aerial) and checks the images it is given against them.
 from __future__ import annotations
 
 import math
+import typing
 
 import keras
 from keras import ops
@@ -21,6 +22,7 @@ from keras import ops
 from cvm.errors import CvmError
 from cvm.models.netvlad import l2_normalize
 from cvm.models.registry import register
+from cvm.models.two_tower import TwoTowerModel, checked_size, dropout_rate, keep_probability
 from cvm.models.vgg import conv_initializers, scaled_channels
 
 # Channels of conv1..conv8 at width 1 (VGG.py eight_layer_conv_multiscale).
@@ -30,16 +32,6 @@ MULTISCALE_LEVELS = (6, 7, 8)
 PAPER_GROUND_SIZE = (224, 1232)
 PAPER_AERIAL_SIZE = (512, 512)
 INITS = ("original", "he")
-
-
-def _size(value, name) -> tuple:
-    try:
-        h, w = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise CvmError(f"{name} must be (height, width), got {value!r}") from None
-    if h < 1 or w < 1:
-        raise CvmError(f"{name} must be positive, got {value!r}")
-    return h, w
 
 
 def _flatten(x):
@@ -109,7 +101,7 @@ class RegmiEncoder(keras.layers.Layer):
 
     def output_length(self, image_size) -> int:
         """Length of the flattened output for an input of `image_size` (height, width)."""
-        h, w = _size(image_size, "image_size")
+        h, w = checked_size(image_size, "image_size")
         total = 0
         for level in range(1, 9):
             h, w = math.ceil(h / 2), math.ceil(w / 2)  # SAME, stride 2
@@ -141,16 +133,23 @@ class RegmiEncoder(keras.layers.Layer):
         return config
 
 
-class _RegmiImageModel(keras.Model):
-    """What the two-stream and joint models share: options, the ground and aerial streams."""
+class _RegmiImageModel(TwoTowerModel):
+    """What the two-stream and joint models share: options, the ground and aerial streams.
 
-    l2_normalized = True
+    Args:
+        keep_prob: dropout keep probability after conv6-8 (0.5 in the original's training).
+        output_dim: descriptor size (1000).
+        backbone_width: channel multiplier of the encoders.
+        multiscale: conv6-8 concatenated (True) or conv8 only (the ablation).
+        init: "original" or "he" (see `RegmiEncoder`; "he" also gives the FCs Glorot weights, zero bias).
+        ground_size, aerial_size: (height, width) of the images the FCs are built for.
+    """
 
-    def __init__(self, keep_prob=0.5, output_dim=1000, backbone_width=1.0, multiscale=True, init="original",
-                 ground_size=PAPER_GROUND_SIZE, aerial_size=PAPER_AERIAL_SIZE, **kwargs):
+    def __init__(self, keep_prob: float = 0.5, output_dim: int = 1000, backbone_width: float = 1.0,
+                 multiscale: bool = True, init: typing.Literal["original", "he"] = "original",
+                 ground_size: tuple = PAPER_GROUND_SIZE, aerial_size: tuple = PAPER_AERIAL_SIZE, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 < float(keep_prob) <= 1.0:
-            raise CvmError(f"keep_prob must be in (0, 1], got {keep_prob}")
+        keep_prob = keep_probability(keep_prob)
         if int(output_dim) < 1:
             raise CvmError(f"output_dim must be positive, got {output_dim}")
         self.keep_prob = float(keep_prob)
@@ -159,9 +158,9 @@ class _RegmiImageModel(keras.Model):
         self.backbone_width = float(backbone_width)
         self.multiscale = bool(multiscale)
         self.init = init
-        self.ground_size = _size(ground_size, "ground_size")
-        self.aerial_size = _size(aerial_size, "aerial_size")
-        encoder = dict(width=self.backbone_width, dropout_rate=round(1.0 - self.keep_prob, 9),
+        self.ground_size = checked_size(ground_size, "ground_size")
+        self.aerial_size = checked_size(aerial_size, "aerial_size")
+        encoder = dict(width=self.backbone_width, dropout_rate=dropout_rate(self.keep_prob),
                        multiscale=self.multiscale, init=init)
         self.ground_encoder = RegmiEncoder(name="VGG_grd", **encoder)
         self.aerial_encoder = RegmiEncoder(name="VGG_sat", **encoder)
@@ -197,18 +196,9 @@ class _RegmiImageModel(keras.Model):
         self._check(images, self.aerial_size, "aerial", "aerial_size")
         return self._descriptor(self.aerial_encoder(images, training=training), self.aerial_fc)
 
-    def call(self, inputs, training=None):
-        return {"ground": self.encode_ground(inputs["ground"], training=training),
-                "aerial": self.encode_aerial(inputs["aerial"], training=training)}
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(keep_prob=self.keep_prob, output_dim=self.output_dim, backbone_width=self.backbone_width,
-                      multiscale=self.multiscale, init=self.init, ground_size=list(self.ground_size),
-                      aerial_size=list(self.aerial_size))
-        return config
 
 
+@register("regmi_two_stream", fixed_name=True)
 @keras.saving.register_keras_serializable(package="cvm")
 class RegmiTwoStream(_RegmiImageModel):
     """The two-stream baseline of Regmi & Shah (ICCV 2019): one multi-scale encoder and FC per view.
@@ -219,13 +209,8 @@ class RegmiTwoStream(_RegmiImageModel):
     encoders and the FC layers are not shared. FCs: truncated-normal std 0.005 weights, bias 0.1
     (init="original"), linear.
 
-    Args:
-        keep_prob: dropout keep probability after conv6-8 (0.5 in the original's training).
-        output_dim: descriptor size (1000).
-        backbone_width: channel multiplier of the encoders.
-        multiscale: conv6-8 concatenated (True) or conv8 only.
-        init: "original" or "he" (see `RegmiEncoder`; "he" also gives the FCs Glorot weights, zero bias).
-        ground_size, aerial_size: (height, width) of the images the FCs are built for.
+    Args: as `_RegmiImageModel` (keep_prob, output_dim, backbone_width, multiscale, init, ground_size,
+    aerial_size).
 
     Example:
     ```python
@@ -239,6 +224,7 @@ class RegmiTwoStream(_RegmiImageModel):
         self.build()
 
 
+@register("regmi_joint", fixed_name=True)
 @keras.saving.register_keras_serializable(package="cvm")
 class RegmiJoint(_RegmiImageModel):
     """Joint feature learning of Regmi & Shah (ICCV 2019): ground, aerial and synthesized-aerial streams.
@@ -261,7 +247,7 @@ class RegmiJoint(_RegmiImageModel):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        encoder = dict(width=self.backbone_width, dropout_rate=round(1.0 - self.keep_prob, 9),
+        encoder = dict(width=self.backbone_width, dropout_rate=dropout_rate(self.keep_prob),
                        multiscale=self.multiscale, init=self.init)
         self.synthesized_encoder = RegmiEncoder(name="VGG_grd_seg", **encoder)
         self.build()
@@ -282,8 +268,9 @@ class RegmiJoint(_RegmiImageModel):
         return out
 
 
+@register("regmi_fusion", fixed_name=True)
 @keras.saving.register_keras_serializable(package="cvm")
-class RegmiFusion(keras.Model):
+class RegmiFusion(TwoTowerModel):
     """Feature fusion of Regmi & Shah (ICCV 2019): one linear layer per view on the joint descriptors.
 
     Paper: https://arxiv.org/abs/1904.11045 (Sec. 3.3); code: `feature_fusion/src/siamese_fc.py`
@@ -307,9 +294,8 @@ class RegmiFusion(keras.Model):
     ```
     """
 
-    l2_normalized = True
-
-    def __init__(self, input_dim=1000, output_dim=1000, init="original", **kwargs):
+    def __init__(self, input_dim: int = 1000, output_dim: int = 1000,
+                 init: typing.Literal["original", "he"] = "original", **kwargs):
         super().__init__(**kwargs)
         if int(input_dim) < 1 or int(output_dim) < 1:
             raise CvmError(f"input_dim and output_dim must be positive, got {input_dim} and {output_dim}")
@@ -342,37 +328,3 @@ class RegmiFusion(keras.Model):
         """[B, input_dim] aerial joint descriptors -> [B, output_dim] unit rows."""
         self._check(descriptors, self.input_dim, "aerial")
         return l2_normalize(ops.cast(self.aerial_fc(descriptors), "float32"), axis=-1)
-
-    def call(self, inputs, training=None):
-        return {"ground": self.encode_ground(inputs["ground"]), "aerial": self.encode_aerial(inputs["aerial"])}
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(input_dim=self.input_dim, output_dim=self.output_dim, init=self.init)
-        return config
-
-
-@register("regmi_two_stream")
-def regmi_two_stream(keep_prob=0.5, output_dim=1000, backbone_width=1.0, multiscale=True, init="original",
-                     ground_size=PAPER_GROUND_SIZE, aerial_size=PAPER_AERIAL_SIZE):
-    """Regmi & Shah's two-stream baseline (see `RegmiTwoStream`)."""
-    # A fixed name (not Keras' numbered default): optimizer slot names embed it, and a run resumed in
-    # the same process must find the same names in its checkpoint.
-    return RegmiTwoStream(keep_prob=keep_prob, output_dim=output_dim, backbone_width=backbone_width,
-                          multiscale=multiscale, init=init, ground_size=ground_size, aerial_size=aerial_size,
-                          name="regmi_two_stream")
-
-
-@register("regmi_joint")
-def regmi_joint(keep_prob=0.5, output_dim=1000, backbone_width=1.0, multiscale=True, init="original",
-                ground_size=PAPER_GROUND_SIZE, aerial_size=PAPER_AERIAL_SIZE):
-    """Regmi & Shah's joint feature learning model (see `RegmiJoint`; optional "synthesized" input)."""
-    return RegmiJoint(keep_prob=keep_prob, output_dim=output_dim, backbone_width=backbone_width,
-                      multiscale=multiscale, init=init, ground_size=ground_size, aerial_size=aerial_size,
-                      name="regmi_joint")
-
-
-@register("regmi_fusion")
-def regmi_fusion(input_dim=1000, output_dim=1000, init="original"):
-    """Regmi & Shah's feature fusion on joint descriptors (see `RegmiFusion`)."""
-    return RegmiFusion(input_dim=input_dim, output_dim=output_dim, init=init, name="regmi_fusion")

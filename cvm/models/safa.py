@@ -15,7 +15,7 @@ from keras import ops
 from cvm.errors import CvmError
 from cvm.models.netvlad import l2_normalize
 from cvm.models.registry import register
-from cvm.models.vgg import VGG16Tower, conv_initializers, load_vgg16_weights
+from cvm.models.two_tower import VGGTwoTower
 
 # Input sizes of the original (the tensor shapes SAFA's `train_cvusa.py` feeds): 112x616 panorama and polar aerial;
 # the non-polar aerial is 256x256.
@@ -108,8 +108,9 @@ class SpatialAwareImportance(keras.layers.Layer):
         return config
 
 
+@register("safa")
 @keras.saving.register_keras_serializable(package="cvm")
-class SAFA(keras.Model):
+class SAFA(VGGTwoTower):
     """SAFA retrieval model (Shi et al., NeurIPS 2019), `network_type="SAFA_8"` of spatial_net.py.
 
     Paper: https://papers.nips.cc/paper/9199-spatial-aware-feature-aggregation-for-image-based-cross-view-geo-localization
@@ -145,39 +146,22 @@ class SAFA(keras.Model):
 
     l2_normalized = True
 
-    def __init__(self, keep_prob=0.8, weights=None, backbone_width=1.0, freeze_blocks=0, init="original",
-                 spatial_maps=8, ground_size=PANORAMA_SIZE, aerial_size=POLAR_SIZE, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 < float(keep_prob) <= 1.0:
-            raise CvmError(f"keep_prob must be in (0, 1], got {keep_prob}")
-        if weights is not None and float(backbone_width) != 1.0:
-            raise CvmError(f"weights={weights!r} needs backbone_width=1.0 (got {backbone_width}); pass weights=None")
+    def __init__(self, freeze_blocks: int = 0, spatial_maps: int = 8, ground_size: tuple = PANORAMA_SIZE,
+                 aerial_size: tuple = POLAR_SIZE, **kwargs):
+        super().__init__(freeze_blocks=freeze_blocks, **kwargs)
         for name, size in (("ground_size", ground_size), ("aerial_size", aerial_size)):
             if size is None or len(size) != 2 or min(int(s) for s in size) <= 0:
                 raise CvmError(f"SAFA needs a fixed {name} (height, width) to size its importance weights, "
                                f"got {size!r}")
-        conv_initializers(init)  # validates
-        self.keep_prob = float(keep_prob)
-        self.weights_source = None if weights is None else str(weights)
-        self.backbone_width = float(backbone_width)
-        self.freeze_blocks = int(freeze_blocks)
-        self.init = init
         self.spatial_maps = int(spatial_maps)
         self.ground_size = tuple(int(s) for s in ground_size)
         self.aerial_size = tuple(int(s) for s in aerial_size)
-        dropout_rate = round(1.0 - self.keep_prob, 9)  # 1 - 0.8 without the float residue
-        tower_options = dict(width=self.backbone_width, freeze_blocks=self.freeze_blocks, dropout_rate=dropout_rate,
-                             init=init)
-        # Scope names of the original graph, so that the TF1 converter can match them.
-        self.ground_tower = VGG16Tower(name="VGG_grd", **tower_options)
-        self.aerial_tower = VGG16Tower(name="VGG_sat", **tower_options)
         self.extra_pool = keras.layers.MaxPooling2D(2, 2, padding="same", name="extra_pool")
         self.ground_importance = SpatialAwareImportance(self.spatial_maps, name="spatial_grd")
         self.aerial_importance = SpatialAwareImportance(self.spatial_maps, name="spatial_sat")
         self.descriptor_dim = self.spatial_maps * self.ground_tower.output_channels
         self.build()
-        if self.weights_source is not None:
-            load_vgg16_weights([self.ground_tower, self.aerial_tower], self.weights_source)
+        self.load_pretrained_backbones()
 
     def build(self, input_shape=None):
         channels = self.ground_tower.output_channels
@@ -207,29 +191,3 @@ class SAFA(keras.Model):
     def encode_aerial(self, images, training=False):
         """[B, Ha, Wa, 3] aerial images (polar or plain) -> [B, spatial_maps * C] unit descriptors."""
         return self._encode(images, self.aerial_tower, self.aerial_importance, "aerial_size", training)
-
-    def call(self, inputs, training=None):
-        return {
-            "ground": self.encode_ground(inputs["ground"], training=training),
-            "aerial": self.encode_aerial(inputs["aerial"], training=training),
-        }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(keep_prob=self.keep_prob, weights=self.weights_source, backbone_width=self.backbone_width,
-                      freeze_blocks=self.freeze_blocks, init=self.init, spatial_maps=self.spatial_maps,
-                      ground_size=list(self.ground_size), aerial_size=list(self.aerial_size))
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        # A saved model carries its trained weights: do not fetch the initial ones again.
-        return cls(**{**config, "weights": None})
-
-
-@register("safa")
-def safa(keep_prob=0.8, weights=None, backbone_width=1.0, freeze_blocks=0, init="original", spatial_maps=8,
-         ground_size=PANORAMA_SIZE, aerial_size=POLAR_SIZE):
-    """SAFA (see `SAFA`); aerial_size=(256, 256) for the non-polar variant."""
-    return SAFA(keep_prob=keep_prob, weights=weights, backbone_width=backbone_width, freeze_blocks=freeze_blocks,
-                init=init, spatial_maps=spatial_maps, ground_size=ground_size, aerial_size=aerial_size)

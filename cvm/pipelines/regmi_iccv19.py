@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cvm import faultinject
+from cvm import atomic, faultinject, resources
 from cvm.errors import CvmError
 
 STAGES = ("data", "xfork", "synthesize", "two_stream", "joint", "dump", "fusion", "evaluate")
@@ -48,7 +48,6 @@ TEST_SPLIT = "val"  # CVUSA val-19zl.csv (the papers' test set); UCF-OP's "val" 
 ROW_NAMES = {"two_stream": "two-stream baseline", "joint": "joint feature learning",
              "joint_synthesized": "joint: synthesized aerial -> aerial", "fusion": "feature fusion",
              "fusion_control": "fusion without the synthesized view (control)"}
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass
@@ -114,13 +113,8 @@ def default_stage_flagfile(stage: str, dataset: str) -> str:
 
 
 def resolve_flagfile(path: str) -> str:
-    """A flagfile path as given, or relative to the repository (experiments/... from any folder)."""
-    if os.path.isfile(path):
-        return os.path.abspath(path)
-    candidate = os.path.join(REPO_ROOT, path)
-    if not os.path.isabs(path) and os.path.isfile(candidate):
-        return candidate
-    raise CvmError(f"flagfile {path} not found (also looked in {REPO_ROOT})")
+    """A flagfile path as given, or one of cvm's shipped experiments (experiments/... from any folder)."""
+    return resources.find_flagfile(path)
 
 
 def stage_flag_values(flagfile: Optional[str], overrides: Sequence[str] = ()):
@@ -228,11 +222,8 @@ class RegmiPipeline:
         return os.path.isfile(self.marker(stage))
 
     def complete(self, stage: str, info: dict) -> None:
-        path = self.marker(stage)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"stage": stage, "completed": _now(), **info}, f, indent=1)
-        os.replace(tmp, path)  # last, atomically: a killed stage has no marker
+        # Last, atomically: a killed stage has no marker.
+        atomic.write_json(self.marker(stage), {"stage": stage, "completed": _now(), **info})
 
     def read_marker(self, stage: str) -> dict:
         with open(self.marker(stage)) as f:
@@ -287,7 +278,7 @@ class RegmiPipeline:
         self.say("$ " + " ".join(command[2:]))
         # The child imports this same cvm package, wherever the parent found it.
         path = os.environ.get("PYTHONPATH")
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT + (os.pathsep + path if path else ""))
+        env = dict(os.environ, PYTHONPATH=resources.PACKAGE_PARENT + (os.pathsep + path if path else ""))
         result = subprocess.run(command, env=env)
         if result.returncode != 0:
             raise CvmError(f"stage {stage} failed: `cvm {' '.join(args)}` exited with {result.returncode}; fix the "
@@ -443,8 +434,8 @@ class RegmiPipeline:
                  "top1_percent": "K = floor(N/100) + 1 (the original's convention)",
                  "rows": rows, "dump_keys": list(DUMP_KEYS), "date": _now()}
         os.makedirs(out_dir, exist_ok=True)
-        write_atomic(os.path.join(out_dir, "ablation.json"), json.dumps(table, indent=1) + "\n")
-        write_atomic(os.path.join(out_dir, "ablation.md"), markdown_table(table))
+        atomic.write_json(os.path.join(out_dir, "ablation.json"), table)
+        atomic.write_text(os.path.join(out_dir, "ablation.md"), markdown_table(table))
         self.say("\n" + markdown_table(table))
         return {"table": table, "results": out_dir}
 
@@ -464,13 +455,6 @@ def markdown_table(table: dict) -> str:
         lines.append(f"| {row['method']} | {100 * row['r@1']:.2f} | {100 * row['r@5']:.2f} | "
                      f"{100 * row['r@10']:.2f} | {100 * row['r@1%']:.2f} | {row['n_queries']} |")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:

@@ -7,8 +7,11 @@ ten minutes on two CPU cores. Paper experiments override them with a flagfile (e
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import os
+import typing
 from typing import Optional, Self
 
 from cvm.data import augment as augment_lib
@@ -16,16 +19,91 @@ from cvm.data import images
 from cvm.errors import CvmError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# The TrainConfig fields that are model options: build_encoder passes a method the ones its builder's
-# signature takes (cvm.models.builder_options); the others have no effect on that method.
-MODEL_OPTION_FIELDS = ("keep_prob", "weights", "output_dim", "clusters", "backbone_width", "freeze_blocks",
-                       "normalize_output", "init", "sinkhorn_iterations", "sinkhorn_scale", "resize_mode",
-                       "spatial_maps", "multiscale")
+# Model options a run sets itself, never from a flag: the image sizes come from --preset / --ground_size /
+# --aerial_size, the fusion stage's input_dim from its descriptor dumps.
+RUN_SET_OPTIONS = ("ground_size", "aerial_size", "input_dim")
+# The quickstart's model (`cvm train` with no flags): 1/8-width towers that learn from scratch on 2 CPU cores;
+# the models' own defaults are the papers'. Every other option defaults to the model's own value.
+QUICKSTART_MODEL_OPTIONS = {"keep_prob": 1.0, "output_dim": 256, "clusters": 16, "backbone_width": 0.125,
+                            "freeze_blocks": 0, "init": "he"}
 # Methods trained on descriptor dumps (Regmi's fusion stage), not on images: no image-data field applies.
 DUMP_METHODS = ("regmi_fusion",)
 IMAGE_DATA_FIELDS = ("root", "train_split", "val_split", "preset", "ground_size", "aerial_size", "aerial_polar",
                      "polar_stretch", "precomputed_polar", "augment", "double_zero", "rotation_impl", "fov_deg",
                      "azimuth_shift", "synthetic_pairs", "synthetic_seed", "cache", "mask_radius_m", "mask_mode")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOption:
+    """One model option as a run sees it: from the constructors of the registered models (cvm.models)."""
+
+    name: str
+    kind: object  # "str", "int", "float", "bool", "size" or ("enum", choices): cvm.cli.flag_table's kinds
+    default: object  # the run's default: the quickstart's, or the models' own when they agree, else None
+    methods: tuple  # the methods whose model takes it
+    help: str  # the models' docstring texts, per method where they differ
+
+
+def _option_kind(annotation, default) -> object:
+    """The flag kind of a constructor argument, from its annotation (or its default's type)."""
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else str
+    if typing.get_origin(annotation) is typing.Literal:
+        return ("enum", [str(v) for v in typing.get_args(annotation)])
+    if annotation is inspect.Parameter.empty:
+        annotation = type(default) if default is not None else str
+    for python_type, kind in ((bool, "bool"), (int, "int"), (float, "float"), (tuple, "size"), (list, "size")):
+        if annotation is python_type:
+            return kind
+    return "str"
+
+
+@functools.lru_cache(maxsize=None)
+def model_option_table() -> dict:
+    """{option: ModelOption} of every registered retrieval model, sorted by name (RUN_SET_OPTIONS left out).
+
+    The one place an option is declared is its model's constructor (cvm.models.two_tower): this table, the
+    TrainConfig fields and the `cvm train` flags are derived from it.
+    """
+    from cvm.models import available_methods, model_class
+
+    found: dict = {}
+    for method in available_methods():
+        cls = model_class(method)
+        helps = cls.option_help()
+        for name, parameter in cls.option_parameters().items():
+            if name in RUN_SET_OPTIONS:
+                continue
+            entry = found.setdefault(name, {"kinds": set(), "defaults": [], "methods": [], "helps": {}})
+            kind = _option_kind(parameter.annotation, parameter.default)
+            entry["kinds"].add(kind if isinstance(kind, str) else (kind[0], tuple(kind[1])))
+            entry["defaults"].append(parameter.default)
+            entry["methods"].append(method)
+            entry["helps"].setdefault(helps.get(name, ""), []).append(method)
+    table = {}
+    for name in sorted(found):
+        entry = found[name]
+        if len(entry["kinds"]) != 1:
+            raise TypeError(f"model option {name} has different kinds in {entry['methods']}: {entry['kinds']}")
+        kind = next(iter(entry["kinds"]))
+        kind = kind if isinstance(kind, str) else ("enum", list(kind[1]))
+        defaults = entry["defaults"]
+        if name in QUICKSTART_MODEL_OPTIONS:
+            default = QUICKSTART_MODEL_OPTIONS[name]
+        elif all(d == defaults[0] for d in defaults):
+            default = defaults[0]
+        else:
+            default = None  # the model's own
+        if isinstance(default, list):
+            default = tuple(default)
+        texts = [(text, methods) for text, methods in entry["helps"].items() if text]
+        if len(texts) == 1:
+            help_text = texts[0][0]
+        else:
+            help_text = "; ".join(f"{', '.join(methods)}: {text.rstrip('.')}" for text, methods in texts) + "."
+        table[name] = ModelOption(name, kind, default, tuple(entry["methods"]), help_text)
+    return table
 
 
 class ModelDirConfig:
@@ -64,24 +142,10 @@ class ModelDirConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig(ModelDirConfig):
+class _TrainFields(ModelDirConfig):
     _SIZE_FIELDS = ("ground_size", "aerial_size")  # a class attribute (no annotation), not a field
-    # Model (cvm.models.build_model options).
+    # Model: the method; its options are the fields added below from the models' constructors.
     method: str = "cvm_net_i"
-    keep_prob: float = 1.0  # the quickstart's 1/8-width tower learns nothing through 20% dropout
-    weights: Optional[str] = None
-    output_dim: int = 256
-    clusters: int = 16
-    backbone_width: float = 0.125
-    freeze_blocks: int = 0
-    normalize_output: bool = True
-    init: str = "he"
-    # Method-specific model options (a builder takes the ones it knows; see cvm.models.builder_options).
-    sinkhorn_iterations: int = 20  # CVFT
-    sinkhorn_scale: float = -100.0  # CVFT: log_alpha = scale * cost
-    resize_mode: str = "legacy"  # CVFT ground-map resize: legacy (TF1 resize_bilinear) or half_pixel
-    spatial_maps: int = 8  # SAFA importance maps
-    multiscale: bool = True  # Regmi & Shah: concat conv6-8 (False: conv8 only, the ablation)
     # Data.
     dataset: str = "synthetic"
     root: Optional[str] = None
@@ -135,8 +199,6 @@ class TrainConfig(ModelDirConfig):
         if self.batch_size < 2:
             raise CvmError(f"--batch_size must be at least 2 (the loss compares pairs within a batch), "
                            f"got {self.batch_size}")
-        if not 0.0 < self.keep_prob <= 1.0:
-            raise CvmError(f"--keep_prob must be in (0, 1], got {self.keep_prob}")
         if self.epochs < 1:
             raise CvmError(f"--epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0:
@@ -145,24 +207,28 @@ class TrainConfig(ModelDirConfig):
             raise CvmError(f"--holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.augment not in ("none", "cvm_net", "joint"):
             raise CvmError(f"--augment must be none, cvm_net or joint, got {self.augment!r}")
-        if self.resize_mode not in ("legacy", "half_pixel"):
-            raise CvmError(f"--resize_mode must be legacy or half_pixel, got {self.resize_mode!r}")
-        if self.sinkhorn_iterations < 1:
-            raise CvmError(f"--sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}")
         if self.mask_mode not in ("inside", "outside"):
             raise CvmError(f"--mask_mode must be inside or outside, got {self.mask_mode!r}")
         if self.precomputed_polar and self.dataset not in ("cvusa", "cvact"):
             raise CvmError(f"--precomputed_polar reads the polarmap/ folder `cvm data polar` writes for cvusa or "
                            f"cvact; --dataset {self.dataset} has none (use --aerial_polar to transform on the fly)")
+        for name in self.model_options():
+            kind, value = model_option_table()[name].kind, getattr(self, name)
+            if isinstance(kind, tuple) and value is not None and value not in kind[1]:
+                raise CvmError(f"--{name} must be one of {', '.join(kind[1])}, got {value!r}")
         self.image_spec()
         self.augment_spec()
 
     def model_options(self) -> tuple:
-        """The MODEL_OPTION_FIELDS that the method's builder takes (from its signature)."""
+        """The model option fields that the method's model takes (from its constructor)."""
         from cvm.models import builder_options
 
         accepted = builder_options(self.method)
-        return tuple(name for name in MODEL_OPTION_FIELDS if name in accepted)
+        return tuple(name for name in model_option_table() if name in accepted)
+
+    def model_kwargs(self) -> dict:
+        """The options to build the method's model with: those it takes, None meaning its own default."""
+        return {name: getattr(self, name) for name in self.model_options() if getattr(self, name) is not None}
 
     def unused_fields(self) -> dict:
         """{field: why this run does not use it} for every field that has no effect on this run.
@@ -172,7 +238,7 @@ class TrainConfig(ModelDirConfig):
         """
         unused = {}
         takes = self.model_options()
-        for name in MODEL_OPTION_FIELDS:
+        for name in model_option_table():
             if name not in takes:
                 unused[name] = f"the model of --method {self.method} has no {name} option"
         if self.method in DUMP_METHODS:
@@ -246,3 +312,18 @@ class TrainConfig(ModelDirConfig):
         if self.fov_deg >= 360.0 and not self.azimuth_shift:
             return None
         return augment_lib.AugmentSpec(fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift)
+
+
+def _train_config_class():
+    """TrainConfig: _TrainFields plus one field per model option (model_option_table)."""
+    fields = [(option.name, Optional[object], dataclasses.field(default=option.default))
+              for option in model_option_table().values()]
+    return dataclasses.make_dataclass(
+        "TrainConfig", fields, bases=(_TrainFields,),
+        namespace={"__module__": __name__, "__doc__": "Every setting of a retrieval run (see the module docstring); "
+                   "the model options are the fields of model_option_table()."})
+
+
+TrainConfig = _train_config_class()
+_TrainFields._SIZE_FIELDS = ("ground_size", "aerial_size") + tuple(
+    o.name for o in model_option_table().values() if o.kind == "size")

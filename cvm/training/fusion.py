@@ -208,8 +208,7 @@ class FusionRun(Run):
         from cvm.models import build_model
 
         with self.strategy.scope():
-            self.encoder = build_model("regmi_fusion", input_dim=input_dim, output_dim=config.output_dim,
-                                       init=config.init)
+            self.encoder = build_model("regmi_fusion", input_dim=input_dim, **config.model_kwargs())
             self.trainer = RetrievalTrainer(self.encoder, build_loss(config))
             self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
             self.optimizer = self.trainer.optimizer

@@ -42,17 +42,11 @@ IMAGE_METHODS = ("regmi_two_stream", "regmi_joint")
 
 def build_regmi_model(config: TrainConfig):
     """The Regmi two-stream or joint model of `config`, its FC layers sized for the configured images."""
-    from cvm.models import build_model
+    from cvm.training.loop import build_encoder
 
     if config.method not in IMAGE_METHODS:
         raise CvmError(f"--method must be one of {', '.join(IMAGE_METHODS)} for this stage, got {config.method!r}")
-    if config.weights:
-        raise CvmError(f"--weights={config.weights!r}: the Regmi encoders are trained from scratch; "
-                       "leave --weights empty")
-    spec = config.image_spec()
-    return build_model(config.method, keep_prob=config.keep_prob, output_dim=config.output_dim,
-                       backbone_width=config.backbone_width, multiscale=config.multiscale, init=config.init,
-                       ground_size=tuple(spec.ground_size), aerial_size=tuple(spec.aerial_size))
+    return build_encoder(config)
 
 
 def synthesized_path(folder: str, aerial_path: str) -> str:

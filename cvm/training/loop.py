@@ -40,14 +40,14 @@ def build_encoder(config: TrainConfig):
     """The retrieval model of `config` (weights random or as --weights says)."""
     from cvm.models import build_model, builder_options
 
-    # Flags are shared by all methods; each builder takes the options its signature names (the CLI
-    # refuses a model flag the method does not take: TrainConfig.unused_fields).
-    options = {name: getattr(config, name) for name in config.model_options()}
-    # Methods whose weights depend on the input size (SAFA's importance generator) are built for it.
+    # The options the method's model takes (the CLI refuses a model flag it does not take:
+    # TrainConfig.unused_fields); models whose weights depend on the input size are built for it.
+    options = config.model_kwargs()
     spec = config.image_spec()
-    options.update(ground_size=spec.ground_size, aerial_size=spec.aerial_size)
     accepted = builder_options(config.method)
-    return build_model(config.method, **{k: v for k, v in options.items() if k in accepted})
+    options.update({k: v for k, v in (("ground_size", spec.ground_size), ("aerial_size", spec.aerial_size))
+                    if k in accepted})
+    return build_model(config.method, **options)
 
 
 def build_loss(config: TrainConfig):

@@ -33,16 +33,12 @@ def test_registry_lists_methods_and_refuses_unknown_names():
         build_model("cvm_net_i", keep_prob=0.0, **SMALL)
 
 
-def test_register_adds_a_method():
-    @cvm.models.register("test_only_method")
-    def builder(size=3):
-        return size
-
-    try:
-        assert "test_only_method" in available_methods()
-        assert build_model("test_only_method", size=5) == 5
-    finally:
-        cvm.models.registry._BUILDERS.pop("test_only_method")
+def test_register_refuses_what_is_not_a_two_tower_model():
+    with pytest.raises(TypeError, match="TwoTowerModel"):
+        @cvm.models.register("test_only_function")
+        def builder(size=3):
+            return size
+    assert "test_only_function" not in available_methods()
 
 
 @pytest.mark.parametrize(
