@@ -28,11 +28,13 @@ from __future__ import annotations
 from absl import flags
 
 from cvm.cli import common
+from cvm.data import registry
 from cvm.errors import CvmError
 
 SUBCOMMANDS = ("synth", "check", "polar")
 
-flags.DEFINE_string("dataset", None, "Dataset name: cvusa, cvact, ucfop, dayton.")
+flags.DEFINE_string("dataset", None, f"Dataset name: check: {', '.join(registry.names('check'))}; polar: "
+                    f"{', '.join(registry.names('polar'))}.")
 flags.DEFINE_string("root", None, "Dataset root folder.")
 flags.DEFINE_string("out", None, "synth: output folder of the dataset; polar: where polarmap/ goes (default ROOT).")
 flags.DEFINE_enum("layout", "cvusa", ["cvusa", "cvact"], "synth: folder layout to write.")
@@ -83,7 +85,7 @@ def check() -> int:
     from cvm.data.check import main_check
 
     if not FLAGS.dataset:
-        raise CvmError("--dataset is required: one of cvusa, cvact, ucfop, dayton")
+        raise CvmError(f"--dataset is required: one of {', '.join(registry.names('check'))}")
     if not FLAGS.root:
         raise CvmError("--root is required: the dataset's root folder")
     options = {}
@@ -99,7 +101,7 @@ def polar() -> int:
     from cvm.data.polar_batch import precompute_polar
 
     if not FLAGS.dataset:
-        raise CvmError("--dataset is required: one of cvusa, cvact, ucfop")
+        raise CvmError(f"--dataset is required: one of {', '.join(registry.names('polar'))}")
     if not FLAGS.root:
         raise CvmError("--root is required: the dataset's root folder")
     try:

@@ -7,6 +7,7 @@ import dataclasses
 from absl import flags
 
 from cvm.cli import flag_table
+from cvm.data import registry
 from cvm.training.config import TrainConfig, model_option_table
 
 _DEFAULTS = TrainConfig()
@@ -16,7 +17,7 @@ _DEFAULTS = TrainConfig()
 RUN_FIELDS = {
     "method": ("str", "Retrieval method (cvm.models registry): cvm_net_i, cvm_net_ii, cvft, cvft_vgg_conv, cvft_vgg_gp, safa, regmi_two_stream, ...; "
                       "or a synthesis GAN: xfork, xseq, xpix2pix, xfork_pano2aerial, xfork_aerial2pano."),
-    "dataset": (("enum", ["synthetic", "cvusa", "cvact", "ucfop", "dayton"]),
+    "dataset": (("enum", [n for n in registry.names() if n in registry.names("retrieval") + registry.names("synthesis")]),
                 "Dataset (synthetic = the embedded world; dayton: synthesis methods only)."),
     "root": ("str", "Dataset root folder (not used by the synthetic world)."),
     "train_split": ("str", "Training split name."),

@@ -9,10 +9,12 @@ from typing import Optional
 
 import numpy as np
 
+from cvm.data import registry
 from cvm.data.records import Pair, Split
 from cvm.errors import CvmError
 
-DATASETS = ("synthetic", "cvusa", "cvact", "ucfop")
+# The datasets a retrieval model trains and evaluates on (cvm.data.registry holds every dataset).
+DATASETS = registry.names("retrieval")
 
 
 def load_split(dataset: str, split: str, root: Optional[str] = None, *, image_spec=None,
@@ -21,7 +23,7 @@ def load_split(dataset: str, split: str, root: Optional[str] = None, *, image_sp
     """The records of one split of a dataset.
 
     Args:
-      dataset: one of DATASETS.
+      dataset: a retrieval dataset of cvm.data.registry (DATASETS).
       split: the split name ("train", "val", "test"; each adapter lists its own).
       root: the dataset folder (not used by "synthetic").
       image_spec: for "synthetic", the sizes to render at (so that no resize is needed).
@@ -40,22 +42,11 @@ def load_split(dataset: str, split: str, root: Optional[str] = None, *, image_sp
             split = "val"
         return make_synthetic_split(split, pairs=synthetic_pairs, seed=synthetic_seed,
                                     val_fraction=val_fraction, **kwargs)
+    entry = registry.get(dataset, "retrieval")
     if root is None:
         raise CvmError(f"--root is required for --dataset {dataset}: the folder holding its files "
                        "(see README 'Datasets')")
-    if dataset == "cvusa":
-        from cvm.data.cvusa import load_cvusa
-
-        return load_cvusa(root, split, **options)
-    if dataset == "cvact":
-        from cvm.data.cvact import load_cvact
-
-        return load_cvact(root, split, **options)
-    if dataset == "ucfop":
-        from cvm.data.ucfop import load_ucfop
-
-        return load_ucfop(root, split, **options)
-    raise CvmError(f"unknown --dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    return entry.adapter(root, split, **options)
 
 
 def holdout(split: Split, fraction: float, seed: int = 0) -> tuple:

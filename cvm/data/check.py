@@ -23,75 +23,16 @@ import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
-from cvm.data import cvact, cvusa, dayton, sources, ucfop
+from cvm.data import registry, sources
+from cvm.data.registry import SQUARE
 from cvm.data.records import Split, read_bgr, unreadable_reason
 from cvm.errors import CvmError
 
-# An expected image size: (height, width), SQUARE (any h == w), or None (any decodable image).
-SQUARE = "square"
 # How many files of each kind of fault (missing, each unreadable reason, wrong size) a report names per
 # split before "... and N more"; the report file lists them all.
 MAX_LISTED = 20
 # Default name of the report file listing every faulty file (see `write_fault_list`).
 REPORT_NAME = "cvm_check_{dataset}.txt"
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What `check_dataset` needs to know about a dataset.
-
-    Attributes:
-      adapter: `load_xxx(root, split, **options) -> Split`.
-      splits: the distinct splits to check (aliases such as CVUSA "test" left out).
-      split_names: every split name the adapter accepts, aliases included.
-      sizes: (layout, aerial kind) -> (ground size, aerial size); the key is read from the split's
-        `layout` / `aerial_kind` attributes, (None, None) for datasets with a single layout.
-      official_pairs: split -> number of pairs of the official split file (a differing count is
-        mentioned in the report, not an error).
-    """
-
-    adapter: Callable[..., Split]
-    splits: tuple
-    split_names: tuple
-    sizes: dict
-    official_pairs: dict
-
-
-DATASETS = {
-    "cvusa": DatasetSpec(
-        adapter=cvusa.load_cvusa,
-        splits=("train", "val"),
-        split_names=tuple(cvusa.SPLIT_FILES),
-        sizes={(None, None): ((224, 1232), (750, 750))},
-        official_pairs={"train": 35532, "val": 8884},
-    ),
-    "cvact": DatasetSpec(
-        adapter=cvact.load_cvact,
-        splits=("train", "val", "test"),
-        split_names=tuple(cvact.SPLIT_FIELDS),
-        sizes={
-            ("distributed", "satview"): ((832, 1664), (1200, 1200)),
-            ("preprocessed", "satview"): ((112, 616), SQUARE),
-            ("preprocessed", "polar"): ((112, 616), (112, 616)),
-        },
-        official_pairs={"train": 35532, "val": 8884, "test": 92802},
-    ),
-    "ucfop": DatasetSpec(
-        adapter=ucfop.load_ucfop,
-        splits=("train", "test"),
-        split_names=tuple(ucfop.SPLIT_FILES),
-        sizes={(None, None): (None, None)},
-        official_pairs={},
-    ),
-    # One 4-panel file per pair (ground and aerial path are the same file, counted as "ground").
-    "dayton": DatasetSpec(
-        adapter=dayton.load_dayton,
-        splits=dayton.SPLITS,
-        split_names=tuple(dayton.SPLIT_FILES),
-        sizes={(None, None): (dayton.FILE_SIZE, dayton.FILE_SIZE)},
-        official_pairs=dict(dayton.OFFICIAL_PAIRS),
-    ),
-}
 
 
 @dataclasses.dataclass
@@ -336,7 +277,7 @@ def check_synthesis(root: str, direction: str, *, splits: Optional[Sequence[str]
 
     if direction not in ("a2g", "g2a"):
         raise CvmError(f"--direction must be a2g (aerial -> ground) or g2a (ground -> aerial), got {direction!r}")
-    spec = DATASETS["cvusa"]
+    spec = registry.get("cvusa", "check")
     splits = tuple(splits) if splits else spec.splits
     for name in splits:
         if name not in spec.split_names:
@@ -405,9 +346,7 @@ def check_dataset(
     Raises:
       CvmError: unknown dataset or split name, missing root, or an option the adapter does not take.
     """
-    if dataset not in DATASETS:
-        raise CvmError(f"Unknown dataset {dataset!r} for `data check`; valid datasets: {', '.join(DATASETS)}.")
-    spec = DATASETS[dataset]
+    spec = registry.get(dataset, "check")
     splits = tuple(splits) if splits else spec.splits
     for name in splits:
         if name not in spec.split_names:
@@ -415,6 +354,8 @@ def check_dataset(
     _check_options(dataset, spec.adapter, adapter_options)
     if limit is not None and int(limit) < 1:
         raise CvmError(f"The check limit must be a positive number of pairs, got {limit}.")
+    if getattr(spec, "check", None) is not None:  # a dataset's own check (VIGOR: cvm.data.vigor.check_vigor)
+        return spec.check(root, splits=splits, limit=limit, workers=workers, progress=progress, **adapter_options)
     root = sources.require_root(dataset, root)
 
     reports = []

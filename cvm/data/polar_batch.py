@@ -29,13 +29,13 @@ from typing import Optional, Sequence
 
 import cv2
 
+from cvm.data import registry
 from cvm.data.outputs import output_path
 from cvm.data.parallel import progress_bar
 from cvm.data.polar import POLAR_HEIGHT, POLAR_WIDTH, polar_transform
 from cvm.data.records import read_bgr, unreadable_reason
 from cvm.errors import CvmError
 
-DATASETS = ("cvusa", "cvact", "ucfop")
 POLAR_FOLDER = "polarmap"
 # SAFA's preprocessed CVACT panorama: the central half of the rows, resized to 616 x 112 (width, height).
 CVACT_GROUND_SIZE = (112, 616)
@@ -102,8 +102,7 @@ def polar_jobs(dataset: str, root: str, splits: Optional[Sequence[str]] = None, 
     """
     from cvm.data import load_split
 
-    if dataset not in DATASETS:
-        raise CvmError(f"--dataset {dataset!r} has no polar layout; valid: {', '.join(DATASETS)}")
+    registry.get(dataset, "polar")
     jobs, seen = [], set()
     for name in list(splits or DEFAULT_SPLITS[dataset]):
         split = load_split(dataset, name, root, **options)

@@ -33,86 +33,15 @@ class DatasetSource:
     root_hint: str
 
 
-SOURCES = {
-    "cvusa": DatasetSource(
-        title="CVUSA",
-        origin=(
-            "The CVUSA dataset is obtained on request from its authors (Workman, Souvenir & Jacobs, "
-            "'Wide-Area Image Geolocalization with Aerial Reference Imagery', ICCV 2015) via the "
-            "CVUSA project page at mvrl.cse.wustl.edu; the pairs and split CSVs used here are its "
-            "'CVPR_subset' archive (split CSVs in splits.tar.gz)."
-        ),
-        expected_files=(
-            ("bingmap/19/NNNNNNN.jpg", "aerial images, 750x750"),
-            ("streetview/panos/NNNNNNN.jpg", "panoramas, 1232 wide x 224 high"),
-            ("splits/train-19zl.csv", "training split, 35,532 rows"),
-            ("splits/val-19zl.csv", "test split (reported as 'test'), 8,884 rows"),
-        ),
-        root_hint="the extracted CVPR_subset folder, which holds bingmap/, streetview/ and splits/",
-    ),
-    "cvact": DatasetSource(
-        title="CVACT",
-        origin=(
-            "The CVACT images are obtained by e-mail request to their authors (Liu & Li, 'Lending "
-            "Orientation to Neural Networks for Cross-view Geo-localization', CVPR 2019: "
-            "ANU_data_small for train/val, ANU_data_test for test); the meta file ACT_data.mat is "
-            "distributed inside the CVFT, SAFA and DSM repositories under "
-            "OriNet_CVACT/CVACT_orientations/ACT_data.mat."
-        ),
-        expected_files=(
-            ("ACT_data.mat", "panoIds, utm, trainSet/valSet/valSetAll indices"),
-            ("streetview/{id}_grdView.jpg", "panoramas, 1664 wide x 832 high (as distributed)"),
-            ("satview_polish/{id}_satView_polish.jpg", "aerial images, 1200x1200 (as distributed)"),
-            ("streetview/{id}_grdView.png", "cropped panoramas, 616x112 (SAFA/CVFT preprocessed)"),
-            ("satview_polish/{id}_satView_polish.png", "aerial images (SAFA/CVFT preprocessed)"),
-            ("polarmap/{id}_satView_polish.png", "polar-transformed aerial, 616x112 (SAFA preprocessed)"),
-        ),
-        root_hint="the folder that holds streetview/ and satview_polish/ (ANU_data_small or ANU_data_test)",
-    ),
-    "ucfop": DatasetSource(
-        title="UCF-OP",
-        origin=(
-            "The UCF-OP (Orlando-Pittsburgh) dataset is obtained from the Google Drive link in the "
-            "README of github.com/kregmi/cross-view-image-matching (Regmi & Shah, 'Bridging the "
-            "Domain Gap for Ground-to-Aerial Image Matching', ICCV 2019)."
-        ),
-        expected_files=(
-            ("splits/train_split.txt", "training pairs: aerial, ground, (unused), (unused) per line"),
-            ("splits/test_split.txt", "test pairs: aerial, ground per line"),
-            ("<lat>_<lon>_nadir.png", "aerial images (paths as listed in the split files)"),
-            ("<lat>_<lon>.png", "ground images (paths as listed in the split files)"),
-        ),
-        root_hint="the extracted UCF-OP folder, which holds splits/ and the images",
-    ),
-    "dayton": DatasetSource(
-        title="Dayton",
-        origin=(
-            "The Dayton images are the GT-CrossView dataset of Vo & Hays (ECCV 2016, "
-            "github.com/lugiavn/gt-crossview); the segmentation maps Regmi & Borji made with a "
-            "Cityscapes RefineNet are shared through the 'Dayton SegMaps' link in the README of "
-            "github.com/kregmi/cross-view-image-synthesis, and the name lists train_split.txt "
-            "(55,000) and test_split.txt (21,048) are that repository's datasets/dayton_split folder. "
-            "Each training file is a 256x1024 concatenation A|B|As|Bs (street view, aerial, street-view "
-            "segmap, aerial segmap, 256x256 each) made as pix2pix's scripts/combine_A_and_B.py does."
-        ),
-        expected_files=(
-            ("train_split.txt", "training names, 55,000 lines (also found under dayton_split/ or splits/)"),
-            ("test_split.txt", "test names, 21,048 lines (also found under dayton_split/ or splits/)"),
-            ("train/<name>.jpg", "training files, 256x1024: street view | aerial | street segmap | aerial segmap"),
-            ("test/<name>.jpg", "test files, same layout (a folder named val/ is accepted too)"),
-        ),
-        root_hint="the folder that holds train/, test/ (or val/) and the two split files",
-    ),
-}
-
-
 def source(dataset: str) -> DatasetSource:
-    try:
-        return SOURCES[dataset]
-    except KeyError:
-        raise CvmError(
-            f"Unknown dataset {dataset!r}; known datasets with official files: {', '.join(sorted(SOURCES))}."
-        ) from None
+    """The provenance of a dataset with official files (cvm.data.registry holds them)."""
+    from cvm.data import registry
+
+    entry = registry.DATASETS.get(dataset)
+    if entry is None or entry.source is None:
+        known = sorted(name for name, d in registry.DATASETS.items() if d.source is not None)
+        raise CvmError(f"Unknown dataset {dataset!r}; known datasets with official files: {', '.join(known)}.")
+    return entry.source
 
 
 def describe(dataset: str) -> str:

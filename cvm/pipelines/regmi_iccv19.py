@@ -42,7 +42,6 @@ from cvm.errors import CvmError
 
 STAGES = ("data", "xfork", "synthesize", "two_stream", "joint", "dump", "fusion", "evaluate")
 RETRIEVAL_STAGES = ("two_stream", "joint", "fusion")
-DATASETS = ("cvusa", "ucfop", "synthetic")
 TEST_SPLIT = "val"  # CVUSA val-19zl.csv (the papers' test set); UCF-OP's "val" is its test split
 # Rows of the ablation table (the paper's Table 3 ablation) by stage; each also has results/<stage>.json.
 ROW_NAMES = {"two_stream": "two-stream baseline", "joint": "joint feature learning",
@@ -89,8 +88,9 @@ class PipelineConfig:
                 setattr(self, f"{stage}_flagfile", default_stage_flagfile(stage, self.dataset))
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise CvmError(f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        from cvm.data import registry
+
+        registry.get(self.dataset, "regmi_iccv19")
         if self.dataset != "synthetic" and not self.root:
             raise CvmError(f"--root is required for --dataset {self.dataset}: the dataset's folder")
         if not self.work_dir:
