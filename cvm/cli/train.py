@@ -82,6 +82,30 @@ def train_synthesis() -> int:
     return 0
 
 
+def method_help(fv, argv):
+    """With --method (or a flagfile) given: the flags that run takes, its model's options first; else None."""
+    if not any(a.startswith(("--method", "-method", "--flagfile", "-flagfile")) for a in argv[1:]):
+        return None
+    fv(argv)
+    unused, subject = flag_use.train_unused(fv)
+    takes = [name for name in (*train_flags.FIELDS, *synthesis_flags.FIELDS) if name not in unused]
+    takes = list(dict.fromkeys(takes))
+    model = [n for n in takes if n in train_flags.MODEL_FIELDS]
+    if model:
+        from cvm.models import model_class
+
+        cls = model_class(fv.method)
+        head = f"Model options of {subject} ({cls.__module__}.{cls.__name__}; defaults here are the run's):"
+    else:
+        head = f"Model options of {subject}:"
+    rest = [n for n in takes if n not in model]
+    texts = cls.option_help() if model else {}
+    texts = {name: text[:1].upper() + text[1:] for name, text in texts.items() if text}
+    sections = [head, common.flag_help(model, fv, texts=texts)] if model else []
+    sections += [f"The other flags {subject} takes (every other flag is refused for it):", common.flag_help(rest, fv)]
+    return "\n".join(sections)
+
+
 def run(argv) -> None:
     common.run_app("cvm train", argv, main, __doc__, ["cvm.cli.train_flags", "cvm.cli.synthesis_flags"],
-                   check=check_flags)
+                   check=check_flags, method_help=method_help)

@@ -145,10 +145,12 @@ class VGGTwoTower(TwoTowerModel):
         backbone_width: channel multiplier of the VGG16 towers (1.0 is VGG16; needs weights=None otherwise).
         freeze_blocks: leading VGG blocks kept frozen.
         init: "original" (the TF1 initialisers) or "he" (He-normal convs, zero biases: from-scratch training).
+        share_towers: one VGG16 tower for both views (Sample4Geo's shared backbone; the originals have two).
     """
 
     def __init__(self, keep_prob: float = 0.8, weights: Optional[str] = None, backbone_width: float = 1.0,
-                 freeze_blocks: int = 3, init: typing.Literal["original", "he"] = "original", **kwargs):
+                 freeze_blocks: int = 3, init: typing.Literal["original", "he"] = "original",
+                 share_towers: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.keep_prob = keep_probability(keep_prob)
         if weights is not None and float(backbone_width) != 1.0:
@@ -161,8 +163,9 @@ class VGGTwoTower(TwoTowerModel):
         tower = dict(width=self.backbone_width, freeze_blocks=self.freeze_blocks,
                      dropout_rate=dropout_rate(self.keep_prob), init=init)
         # Scope names of the original graphs, so that the TF1 converters can match them.
+        self.share_towers = bool(share_towers)
         self.ground_tower = VGG16Tower(name="VGG_grd", **tower)
-        self.aerial_tower = VGG16Tower(name="VGG_sat", **tower)
+        self.aerial_tower = self.ground_tower if self.share_towers else VGG16Tower(name="VGG_sat", **tower)
 
     @property
     def dropout_rate(self) -> float:

@@ -152,3 +152,28 @@ def test_vgg_two_tower_checks_its_shared_options():
         build_model("cvft_vgg_gp", weights="imagenet", backbone_width=0.125)
     assert issubclass(model_class("safa"), VGGTwoTower) and builder_options("safa")["freeze_blocks"] == 0
     assert builder_options("cvm_net_i")["freeze_blocks"] == 3
+
+
+@pytest.mark.parametrize("method", ["cvm_net_i", "cvft_vgg_gp", "safa"])
+def test_share_towers_one_vgg_for_both_views(method, tmp_path):
+    """The option added in one place (VGGTwoTower's constructor) reaches every VGG method, its config and flag."""
+    from cvm.training.config import TrainConfig, model_option_table
+
+    assert "share_towers" in builder_options(method) and not TrainConfig().share_towers
+    assert set(model_option_table()["share_towers"].methods) == {
+        m for m in available_methods() if issubclass(model_class(m), VGGTwoTower)}
+    two = build_model(method, **SMALL[method])
+    one = build_model(method, share_towers=True, **SMALL[method])
+    assert one.aerial_tower is one.ground_tower and two.aerial_tower is not two.ground_tower
+    tower_size = sum(int(np.prod(w.shape)) for w in two.ground_tower.weights)
+    assert one.count_params() == two.count_params() - tower_size
+    batch = inputs_for(method)
+    if method == "cvft_vgg_gp":  # no per-view layers after the tower: equal views give equal descriptors
+        same = {"ground": batch["aerial"], "aerial": batch["aerial"]}
+        out = one(same)
+        np.testing.assert_allclose(np.asarray(out["ground"]), np.asarray(out["aerial"]), atol=1e-6)
+    path = str(tmp_path / "shared.keras")
+    one.save(path)
+    again = keras.models.load_model(path)
+    assert again.share_towers and again.aerial_tower is again.ground_tower
+    np.testing.assert_allclose(np.asarray(again(batch)["ground"]), np.asarray(one(batch)["ground"]), atol=1e-6)
