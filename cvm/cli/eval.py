@@ -64,7 +64,8 @@ def main(argv) -> int:
     radii = [float(r) for r in FLAGS.radii]
     results = evaluate_encoder(encoder, pipeline, FLAGS.batch_size or config.eval_batch_size, method=config.method,
                                checkpoint=described, out_dir=out_dir, name=f"{dataset}_{split_name}",
-                               model_dir=FLAGS.model_dir, radii=radii, progress=True)
+                               model_dir=FLAGS.model_dir, radii=radii, progress=True,
+                               orientation=config.orientation_protocol())
     for direction, metrics in results["metrics"].items():
         shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items() if k.startswith("r@"))
         print(f"{direction}: {shown}")

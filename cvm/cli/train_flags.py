@@ -44,8 +44,19 @@ RUN_FIELDS = {
     "fov_deg": ("float", "Ground field of view in degrees (360 = full panorama; less = limited-FoV crops, in "
                          "training and in a seeded test set)."),
     "azimuth_shift": ("bool", "Random panorama azimuth (orientation unknown), in training and a seeded test set."),
+    "fov_test_seed": ("int", "Correlation methods (dsm): seed of the fixed shifted / cropped test set, written beside "
+                             "the results (the original: np.random.seed(2019))."),
+    "orientation_wrap": ("bool", "Correlation methods (dsm): the orientation error wraps around 0/360 degrees; "
+                                 "--noorientation_wrap gives the original's plain bin difference."),
     "synthetic_pairs": ("int", "Synthetic world: number of pairs (train + val)."),
     "synthetic_seed": ("int", "Synthetic world: seed of the world and its locations."),
+    "vigor_area": (("enum", ["same", "cross"]), "VIGOR: same-area (train and test on all four cities) or cross-area "
+                                               "(train New York + Seattle, test San Francisco + Chicago)."),
+    "vigor_labels": (("enum", ["original", "corrected", "mercator"]),
+                     "VIGOR: label version: original (as released), corrected (SliceMatch's splits__corrected/) or "
+                     "mercator (offsets recomputed from the GPS, as HC-Net); recorded in every results JSON."),
+    "vigor_splits_dir": ("str", "VIGOR: a folder holding <City>/<list> files of the chosen label version, instead of "
+                                "ROOT/splits (or ROOT/splits__corrected)."),
     "cache": ("bool", "Keep decoded images in memory after their first read."),
     "alpha": ("float", "Weight alpha of the soft-margin triplet loss (10 in the papers)."),
     "include_diagonal": ("bool", "Include the positive pairs in the loss sums, as the original (a constant "
@@ -80,7 +91,8 @@ RUN_FIELDS = {
     "kill_after_steps": ("int", "Testing aid: SIGKILL this process right after global step N (to test resumption)."),
 }
 
-MODEL_FIELDS = {name: (option.kind, option.help[:1].upper() + option.help[1:])
+MODEL_FIELDS = {name: (option.kind, option.help if len(option.methods) > 1 and ": " in option.help.split(";")[0]
+                        else option.help[:1].upper() + option.help[1:])
                 for name, option in model_option_table().items()}
 FIELDS = {"method": RUN_FIELDS["method"], **MODEL_FIELDS, **{k: v for k, v in RUN_FIELDS.items() if k != "method"}}
 

@@ -15,15 +15,30 @@ from cvm.evaluation.report import recall_curve_png, results_dict, retrieval_grid
 
 def evaluate_encoder(encoder, pipeline, batch_size: int, *, method: str, checkpoint: Optional[str],
                      out_dir: Optional[str] = None, name: Optional[str] = None, model_dir: Optional[str] = None,
-                     radii: Sequence[float] = (0,), progress: bool = False, grid_queries: int = 8) -> dict:
+                     radii: Sequence[float] = (0,), progress: bool = False, grid_queries: int = 8,
+                     orientation: Optional[dict] = None) -> dict:
     """Embed `pipeline.split` with `encoder` and evaluate ground -> aerial and aerial -> ground.
 
     Writes (if out_dir) `<name>.json` (the results JSON), `<name>_recall.png` (recall@K curves) and
     `<name>_grid.png` (the first queries with their top-5 aerials, the true match framed green).
     Radii > 0 (metres) need a split with planar locations (CVACT's UTM, the synthetic world's metres).
+    Correlation models (DSM) follow their FoV protocol (orientation: fov_deg, seed, wrap); VIGOR splits (their own
+    reference set) the VIGOR protocol.
     Returns the results dict, plus "grid_png" / "curve_png" paths when written.
     """
     split = pipeline.split
+    if getattr(encoder, "correlation", False):  # DSM: orientation by correlation, its fixed FoV test set
+        from cvm.evaluation.orientation_run import evaluate_fov_protocol
+
+        protocol = {"fov_deg": 360.0, **(orientation or {})}
+        return evaluate_fov_protocol(encoder, pipeline, batch_size, method=method, checkpoint=checkpoint,
+                                     out_dir=out_dir, name=name, model_dir=model_dir, progress=progress, **protocol)
+    if getattr(split, "reference_paths", None) is not None:  # VIGOR: its own reference set (cvm.evaluation.vigor)
+        from cvm.evaluation.vigor import evaluate_vigor_encoder
+
+        return evaluate_vigor_encoder(encoder, split, pipeline.spec, batch_size, method=method, checkpoint=checkpoint,
+                                      out_dir=out_dir, name=name, model_dir=model_dir, progress=progress,
+                                      augment=pipeline.augment, radii=radii, faults=getattr(pipeline, "faults", None))
     emb = embed_split(encoder, pipeline, batch_size, progress=progress)
     kept = emb["index"]
     if len(kept) == 0:

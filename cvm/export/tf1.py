@@ -35,6 +35,7 @@ MAPPINGS = {
     "regmi_two_stream": "cvm.export.tf1_regmi",
     "regmi_joint": "cvm.export.tf1_regmi",
     "regmi_fusion": "cvm.export.tf1_regmi",
+    "dsm": "cvm.export.tf1_dsm",
 }
 SUPPORTED_METHODS = tuple(MAPPINGS)
 

@@ -18,6 +18,7 @@ from cvm.models.safa import SAFA, SpatialAwareImportance
 from cvm.models.regmi import RegmiEncoder, RegmiFusion, RegmiJoint, RegmiTwoStream
 from cvm.models.sinkhorn import Sinkhorn
 from cvm.models.cvft import CVFT, CVFTVGGConv, CVFTVGGGP
+from cvm.models.dsm import DSM, DSMReduction
 
 __all__ = [
     "available_methods",
@@ -43,4 +44,6 @@ __all__ = [
     "CVFT",
     "CVFTVGGConv",
     "CVFTVGGGP",
+    "DSM",
+    "DSMReduction",
 ]

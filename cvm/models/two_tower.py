@@ -148,6 +148,11 @@ class VGGTwoTower(TwoTowerModel):
         share_towers: one VGG16 tower for both views (Sample4Geo's shared backbone; the originals have two).
     """
 
+    # VGG16 blocks of each tower (DSM stops at conv4_3) and whether the aerial tower pads circularly along the
+    # width (DSM's polar azimuth): class settings of a method, not options.
+    tower_blocks = 5
+    aerial_circular = False
+
     def __init__(self, keep_prob: float = 0.8, weights: Optional[str] = None, backbone_width: float = 1.0,
                  freeze_blocks: int = 3, init: typing.Literal["original", "he"] = "original",
                  share_towers: bool = False, **kwargs):
@@ -164,8 +169,9 @@ class VGGTwoTower(TwoTowerModel):
                      dropout_rate=dropout_rate(self.keep_prob), init=init)
         # Scope names of the original graphs, so that the TF1 converters can match them.
         self.share_towers = bool(share_towers)
-        self.ground_tower = VGG16Tower(name="VGG_grd", **tower)
-        self.aerial_tower = self.ground_tower if self.share_towers else VGG16Tower(name="VGG_sat", **tower)
+        self.ground_tower = VGG16Tower(name="VGG_grd", blocks=self.tower_blocks, **tower)
+        self.aerial_tower = self.ground_tower if self.share_towers else VGG16Tower(
+            name="VGG_sat", blocks=self.tower_blocks, circular=self.aerial_circular, **tower)
 
     @property
     def dropout_rate(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import keras
+from keras import ops
 
 from cvm.errors import CvmError
 
@@ -24,6 +25,18 @@ def conv_initializers(init: str) -> dict:
 
 # (block, number of convs, channels at width 1): VGG16 configuration "D".
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+
+def pad_azimuth(x, n: int = 1):
+    """Circular padding of n columns along the width (azimuth) and zero padding of n rows (DSM, `VGG_cir.py`).
+
+    [B, H, W, C] -> [B, H + 2n, W + 2n, C]: the last n columns are put before the first and the first n after
+    the last (`warp_pad_columns`), so that a VALID 3x3 conv sees a polar map as the closed ring it is.
+    """
+    if n == 0:
+        return x
+    x = ops.concatenate([x[:, :, -n:], x, x[:, :, :n]], axis=2)
+    return ops.pad(x, [[0, 0], [n, n], [0, 0], [0, 0]])
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -47,6 +60,9 @@ class VGG16Tower(keras.layers.Layer):
         dropout_rate: dropout rate after each conv4_x and conv5_x (1 - keep_prob of the original).
         input_channels: channels of the input image.
         init: "original" (Glorot kernels and biases, as the TF1 code) or "he" (He-normal, zero bias).
+        blocks: number of VGG blocks (5; DSM stops at conv4_3: 4). No pool follows the last block.
+        circular: pad circularly along the width and by zeros along the height, then VALID convs
+            (DSM's `VGG16_cir` for polar aerial maps); False keeps SAME convs.
 
     Example:
     ```python
@@ -55,8 +71,11 @@ class VGG16Tower(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, width=1.0, freeze_blocks=3, dropout_rate=0.2, input_channels=3, init="original", **kwargs):
+    def __init__(self, width=1.0, freeze_blocks=3, dropout_rate=0.2, input_channels=3, init="original", blocks=5,
+                 circular=False, **kwargs):
         super().__init__(**kwargs)
+        if not 1 <= int(blocks) <= len(VGG16_BLOCKS):
+            raise CvmError(f"blocks must be between 1 and 5, got {blocks}")
         if not 0 <= int(freeze_blocks) <= len(VGG16_BLOCKS):
             raise CvmError(f"freeze_blocks must be between 0 and 5, got {freeze_blocks}")
         if not width > 0:
@@ -66,15 +85,17 @@ class VGG16Tower(keras.layers.Layer):
         self.dropout_rate = float(dropout_rate)
         self.input_channels = int(input_channels)
         self.init = init
+        self.blocks = int(blocks)
+        self.circular = bool(circular)
         initializers = conv_initializers(init)
         self.convs = []
         self._stages = []  # (conv, dropout or None, pool or None) in call order
-        for block, count, channels in VGG16_BLOCKS:
+        for block, count, channels in VGG16_BLOCKS[:self.blocks]:
             for index in range(1, count + 1):
                 conv = keras.layers.Conv2D(
                     scaled_channels(channels, self.width),
                     3,
-                    padding="same",
+                    padding="valid" if self.circular else "same",
                     activation="relu",
                     trainable=block > self.freeze_blocks,
                     **initializers,
@@ -85,7 +106,7 @@ class VGG16Tower(keras.layers.Layer):
                 )
                 pool = (
                     keras.layers.MaxPooling2D(2, 2, padding="same", name=f"pool{block}")
-                    if index == count and block < 5
+                    if index == count and block < self.blocks
                     else None
                 )
                 self.convs.append(conv)
@@ -93,9 +114,11 @@ class VGG16Tower(keras.layers.Layer):
 
     @property
     def output_channels(self) -> int:
-        return scaled_channels(VGG16_BLOCKS[-1][2], self.width)
+        return scaled_channels(VGG16_BLOCKS[self.blocks - 1][2], self.width)
 
     def build(self, input_shape=None):
+        if self.built:  # a tower shared by both views (share_towers) is built once
+            return
         channels = self.input_channels
         for conv, _, _ in self._stages:
             conv.build((None, None, None, channels))
@@ -104,7 +127,7 @@ class VGG16Tower(keras.layers.Layer):
     def call(self, images, training=None):
         x = images
         for conv, dropout, pool in self._stages:
-            x = conv(x)
+            x = conv(pad_azimuth(x) if self.circular else x)
             if dropout is not None:
                 x = dropout(x, training=training)
             if pool is not None:
@@ -112,10 +135,10 @@ class VGG16Tower(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        def pooled(size):  # four SAME 2x2/2 pools: ceil(size / 2) four times
+        def pooled(size):  # blocks - 1 SAME 2x2/2 pools: ceil(size / 2) each time
             if size is None:
                 return None
-            for _ in range(4):
+            for _ in range(self.blocks - 1):
                 size = (size + 1) // 2
             return size
 
@@ -130,6 +153,8 @@ class VGG16Tower(keras.layers.Layer):
             input_channels=self.input_channels,
             init=self.init,
         )
+        if self.blocks != 5 or self.circular:  # absent for the plain tower: its config is unchanged
+            config.update(blocks=self.blocks, circular=self.circular)
         return config
 
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
-import os
 import typing
-from typing import Optional, Self
+from typing import Optional
 
 from cvm.data import augment as augment_lib
 from cvm.data import images
 from cvm.errors import CvmError
+from cvm.synthesis.methods import is_synthesis_method
+from cvm.training.run_config import PRECISIONS, ModelDirConfig
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Model options a run sets itself, never from a flag: the image sizes come from --preset / --ground_size /
 # --aerial_size, the fusion stage's input_dim from its descriptor dumps.
 RUN_SET_OPTIONS = ("ground_size", "aerial_size", "input_dim")
@@ -28,7 +27,8 @@ QUICKSTART_MODEL_OPTIONS = {"keep_prob": 1.0, "output_dim": 256, "clusters": 16,
                             "freeze_blocks": 0, "init": "he"}
 # Methods trained on descriptor dumps (Regmi's fusion stage), not on images: no image-data field applies.
 DUMP_METHODS = ("regmi_fusion",)
-IMAGE_DATA_FIELDS = ("root", "train_split", "val_split", "preset", "ground_size", "aerial_size", "aerial_polar",
+VIGOR_FIELDS = ("vigor_area", "vigor_labels", "vigor_splits_dir")
+IMAGE_DATA_FIELDS = VIGOR_FIELDS + ("root", "train_split", "val_split", "preset", "ground_size", "aerial_size", "aerial_polar",
                      "polar_stretch", "precomputed_polar", "augment", "double_zero", "rotation_impl", "fov_deg",
                      "azimuth_shift", "synthetic_pairs", "synthetic_seed", "cache", "mask_radius_m", "mask_mode")
 
@@ -106,41 +106,6 @@ def model_option_table() -> dict:
     return table
 
 
-class ModelDirConfig:
-    """MODEL_DIR/config.json of a dataclass config: to_json, save and load (TrainConfig, SynthesisConfig).
-
-    A subclass names its size fields (JSON turns their tuples into lists; load turns them back), the
-    `cvm train` command that makes such a model_dir (for the error of a missing config.json), and
-    check the values read (_check_loaded: a run of the other kind is refused). load ignores keys the class no longer has.
-    """
-
-    _SIZE_FIELDS = ()
-    _TRAIN_COMMAND = "cvm train --model_dir ..."
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
-
-    def save(self, model_dir: str) -> None:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(os.path.join(model_dir, "config.json"), "w") as f:
-            f.write(self.to_json())
-
-    @classmethod
-    def load(cls, model_dir: str) -> Self:
-        path = os.path.join(model_dir, "config.json")
-        if not os.path.isfile(path):
-            raise CvmError(f"{path} not found: {model_dir} is not a cvm model_dir (run `{cls._TRAIN_COMMAND}` "
-                           "first)")
-        with open(path) as f:
-            values = json.load(f)
-        cls._check_loaded(values, model_dir)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in cls._SIZE_FIELDS:
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
 @dataclasses.dataclass
 class _TrainFields(ModelDirConfig):
     _SIZE_FIELDS = ("ground_size", "aerial_size")  # a class attribute (no annotation), not a field
@@ -163,8 +128,13 @@ class _TrainFields(ModelDirConfig):
     rotation_impl: str = "warp_affine"
     fov_deg: float = 360.0
     azimuth_shift: bool = False
+    fov_test_seed: int = 2019  # correlation methods (DSM): seed of the fixed shifted / cropped test set
+    orientation_wrap: bool = True  # correlation methods: orientation error wraps around 0/360 degrees
     synthetic_pairs: int = 1000
     synthetic_seed: int = 0
+    vigor_area: str = "same"  # VIGOR: same-area or cross-area protocol
+    vigor_labels: str = "original"  # VIGOR: label version (cvm.data.vigor.LABELS)
+    vigor_splits_dir: Optional[str] = None  # VIGOR: a folder of label lists instead of ROOT/splits*
     cache: bool = True
     # Loss.
     alpha: float = 10.0
@@ -250,12 +220,19 @@ class _TrainFields(ModelDirConfig):
         else:
             for name in ("synthetic_pairs", "synthetic_seed"):
                 unused[name] = f"only --dataset synthetic uses it (this run: --dataset {self.dataset})"
+        if self.dataset != "vigor":
+            for name in VIGOR_FIELDS:
+                unused[name] = f"only --dataset vigor uses it (this run: --dataset {self.dataset})"
         if self.holdout_fraction > 0:
             unused["val_split"] = (f"--holdout_fraction={self.holdout_fraction} validates on that part of "
                                    "--train_split instead")
         elif not self.val_split:
             for name in ("best_metric", "eval_every_epochs"):
                 unused[name] = "the run has no validation (--val_split is empty and --holdout_fraction 0)"
+        if not self.correlation_method():
+            for name in ("fov_test_seed", "orientation_wrap"):
+                unused[name] = (f"only correlation methods (dsm) estimate orientation on the fixed test set; "
+                                f"--method {self.method} does not")
         if self.mask_radius_m is None:
             unused["mask_mode"] = "there is no UTM mask without --mask_radius_m"
         if self.augment != "cvm_net":
@@ -275,12 +252,12 @@ class _TrainFields(ModelDirConfig):
 
     def split_options(self) -> dict:
         """Adapter options of the config (cvm.data.load_split **options)."""
+        if self.dataset == "vigor":
+            return {"area": self.vigor_area, "labels": self.vigor_labels, "splits_dir": self.vigor_splits_dir}
         return {"aerial": "polar"} if self.precomputed_polar else {}
 
     @classmethod
     def _check_loaded(cls, values: dict, model_dir: str) -> None:
-        from cvm.training.synthesis_config import is_synthesis_method
-
         if is_synthesis_method(values.get("method")):
             raise CvmError(f"{model_dir} holds a synthesis GAN run ({values.get('method')}), not a retrieval model: "
                            f"use `cvm synthesize --model_dir {model_dir} ... --metrics` or `cvm eval-synthesis`")
@@ -307,9 +284,22 @@ class _TrainFields(ModelDirConfig):
         return augment_lib.AugmentSpec(double_zero=self.double_zero, rotation_impl=self.rotation_impl,
                                        fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift, **recipe)
 
+    def correlation_method(self) -> bool:
+        """Whether the method matches by circular correlation and estimates orientation (DSM)."""
+        from cvm.models import model_class
+
+        return bool(getattr(model_class(self.method), "correlation", False))
+
+    def orientation_protocol(self) -> Optional[dict]:
+        """DSM's evaluation protocol (cvm.evaluation.orientation_run) for correlation methods, else None."""
+        if not self.correlation_method():
+            return None
+        return {"fov_deg": self.fov_deg, "seed": self.fov_test_seed, "wrap": self.orientation_wrap}
+
     def eval_augment_spec(self) -> Optional[augment_lib.AugmentSpec]:
-        """Limited-FoV / orientation-unknown test sets (fixed by the seed), else None."""
-        if self.fov_deg >= 360.0 and not self.azimuth_shift:
+        """Limited-FoV / orientation-unknown test sets (fixed by the seed), else None (also for correlation
+        methods: they crop the whole panoramas by their own persisted test set, orientation_protocol)."""
+        if (self.fov_deg >= 360.0 and not self.azimuth_shift) or self.correlation_method():
             return None
         return augment_lib.AugmentSpec(fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift)
 

@@ -14,24 +14,20 @@ continues with the same batches, the same dropout masks and the same updates.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import time
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from cvm import faultinject
+from cvm.atomic import replacing
 from cvm.data import holdout, load_split
-from cvm.data.pipeline import Pipeline, no_steps_error, require_usable
+from cvm.data.pipeline import Pipeline, require_usable
 from cvm.errors import CvmError
-from cvm.training.checkpoints import CheckpointManager, check_finite, write_error
 from cvm.training.config import TrainConfig
 from cvm.training.distribute import is_chief, make_strategy
+from cvm.training.epochs import EpochRun
 from cvm.training.optimizers import FusedAdam
 from cvm.training.retrieval import RetrievalTrainer
 
@@ -50,11 +46,15 @@ def build_encoder(config: TrainConfig):
     return build_model(config.method, **options)
 
 
-def build_loss(config: TrainConfig):
+def build_loss(config: TrainConfig, encoder=None):
+    """The in-batch loss: the weighted soft-margin triplet, or the one a correlation model needs (DSM's)."""
     from cvm.losses import WeightedSoftMarginTripletLoss
 
-    return WeightedSoftMarginTripletLoss(alpha=config.alpha, include_diagonal=config.include_diagonal,
-                                         mask_radius_m=config.mask_radius_m, mask_mode=config.mask_mode)
+    settings = dict(alpha=config.alpha, include_diagonal=config.include_diagonal,
+                    mask_radius_m=config.mask_radius_m, mask_mode=config.mask_mode)
+    if getattr(encoder, "correlation", False):
+        return encoder.retrieval_loss(**settings)
+    return WeightedSoftMarginTripletLoss(**settings)
 
 
 def load_splits(config: TrainConfig):
@@ -74,22 +74,23 @@ def set_precision(policy: str) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
-class Run:
-    """One training run in a model_dir; `Run(config).train()` trains or resumes it."""
+class Run(EpochRun):
+    """One retrieval training run in a model_dir; `Run(config).train()` trains or resumes it (cvm.training.epochs)."""
 
     jit_compile: Optional[bool] = None  # the step train() runs: XLA or not (config's, or measured: jit_choice)
+    RESUMABLE_FIELDS = frozenset({"epochs", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs",
+                                  "eval_batch_size", "strategy", "jit_compile", "cache", "root", "model_dir",
+                                  "kill_after_steps", "deterministic"})
+    PROGRESS_METRICS = ("loss", "lr")
+    keep_final = False  # also save the last epoch's model as final/model.keras (the Regmi stages)
 
     def __init__(self, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
                  progress: bool = True):
         self._open_model_dir(config, strategy, progress)
         with self.strategy.scope():
             self.encoder = build_encoder(config)  # registered models create their variables when built
-            self.trainer = RetrievalTrainer(self.encoder, build_loss(config), image_spec=config.image_spec())
-            self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
-            self.optimizer = self.trainer.optimizer
-            self.optimizer.build(self.encoder.trainable_variables)
-        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
-
+            self.trainer = RetrievalTrainer(self.encoder, build_loss(config, self.encoder), image_spec=config.image_spec())
+            self._compile()
         self.train_split, self.val_split = load_splits(config)
         faults = os.path.join(self.model_dir, "faults.txt") if self.chief else None
         # uint8 batches; the trainer normalises them on the device (see Pipeline(normalize=False)).
@@ -101,36 +102,25 @@ class Run:
                                          seed=2019 + config.seed, faults=self.pipeline.faults, cache=config.cache,
                                          normalize=False)
         self._check_data()
-        self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
-        if config.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))
+        self._count_steps()
         self._step_fn = self._make_step_fn()
-        self._writers = {}
 
     # --- set-up helpers -------------------------------------------------------------------------
     def _open_model_dir(self, config: TrainConfig, strategy, progress: bool, extra: Optional[dict] = None) -> None:
-        """What every trainer of a model_dir does first: validate, refuse a run with other settings, save
-        config.json (and `extra` as <name>.json), set the precision policy and the seeds."""
+        """Validate, make the strategy, then what every trainer of a model_dir does first
+        (EpochRun._prepare_model_dir); the batch must split evenly over the replicas."""
         config.validate()
-        self.config = config
         self.strategy = strategy or make_strategy(config.strategy)
-        self.chief = is_chief(self.strategy)
-        self.progress = progress and self.chief
-        self.model_dir = config.model_dir
-        os.makedirs(self.model_dir, exist_ok=True)
-        self._check_previous_config()
-        if self.chief:
-            config.save(self.model_dir)
-            for name, values in (extra or {}).items():
-                with open(os.path.join(self.model_dir, f"{name}.json"), "w") as f:
-                    json.dump(values, f, indent=1)
-        set_precision(config.precision)
-        keras.utils.set_random_seed(config.seed)
-        if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
+        self._prepare_model_dir(config, progress, chief=is_chief(self.strategy), extra=extra)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
+
+    def _compile(self) -> None:
+        """FusedAdam(--lr) on self.trainer, built for the encoder's variables (inside the strategy scope)."""
+        self.trainer.compile(optimizer=FusedAdam(self.config.lr), jit_compile=False)
+        self.optimizer = self.trainer.optimizer
+        self.optimizer.build(self.encoder.trainable_variables)
 
     def _check_data(self) -> None:
         """Fail now, naming the split and the first absent files, if the training split has too few
@@ -138,19 +128,6 @@ class Run:
         require_usable(self.pipeline, min(self.config.batch_size, len(self.train_split)), "training")
         if self.val_pipeline is not None:
             require_usable(self.val_pipeline, 1, "validation")
-
-    def _check_previous_config(self) -> None:
-        path = os.path.join(self.model_dir, "config.json")
-        if not os.path.isfile(path):
-            return
-        previous = TrainConfig.load(self.model_dir)
-        ignore = {"epochs", "checkpoint_every_steps", "keep_checkpoints", "eval_every_epochs", "eval_batch_size",
-                  "strategy", "jit_compile", "cache", "root", "model_dir", "kill_after_steps", "deterministic"}
-        changed = [f"{k}: {getattr(previous, k)!r} -> {getattr(self.config, k)!r}"
-                   for k in vars(self.config) if k not in ignore and getattr(previous, k) != getattr(self.config, k)]
-        if changed and CheckpointManager(os.path.join(self.model_dir, "checkpoints")).latest():
-            raise CvmError(f"{self.model_dir} holds a run with other settings ({'; '.join(changed)}); "
-                           "use a new --model_dir, or the same flags to resume it (its flags.cfg)")
 
     def _make_step_fn(self, jit_compile: Optional[bool] = None):
         """The distributed training step, XLA-compiled or not (default: config.jit_compile).
@@ -224,119 +201,60 @@ class Run:
             print(f"{choice.summary()} ({jit_choice.FILE_NAME})")
         return choice.jit_compile
 
-    def _writer(self, name: str):
-        if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard", name))
-        return self._writers[name]
+    # --- the epoch loop's hooks (cvm.training.epochs) ----------------------------------------------
+    @property
+    def eval_every_epochs(self) -> int:
+        return self.config.eval_every_epochs
 
-    # --- state ----------------------------------------------------------------------------------
-    def restore_latest(self) -> dict:
-        state = {"epoch": 0, "step": 0, "global_step": 0, "best": None, "history": []}
-        # The newest checkpoint that reads and matches; a damaged one is skipped, saying so.
-        latest, restored = self.checkpoints.restore_newest(self.encoder, self.optimizer)
-        if latest:
-            state.update(restored)
-            logging.info("resumed from %s (epoch %d, step %d)", latest, state["epoch"], state["step"])
-            if self.progress:
-                print(f"resuming {self.model_dir} at epoch {state['epoch'] + 1}, step {state['step']} "
-                      f"({os.path.basename(latest)})")
-        return state
+    @property
+    def best_metric(self) -> str:
+        return self.config.best_metric
 
-    def save(self, state: dict) -> None:
-        if self.chief:
-            self.checkpoints.save(state, self.encoder, self.optimizer)
+    def checkpointed(self) -> tuple:
+        return self.encoder, self.optimizer
 
-    # --- the loop -------------------------------------------------------------------------------
-    def train(self) -> dict:
-        config = self.config
-        state = self.restore_latest()
-        if state["epoch"] >= config.epochs:
-            if self.progress:
-                print(f"{self.model_dir} has finished its {config.epochs} epochs; nothing to do")
-            return state
+    def best_models(self) -> dict:
+        return {"model.keras": self.encoder}
+
+    def poison_target(self):
+        return self.encoder.trainable_variables[0]
+
+    def before_training(self, state: dict) -> None:
         if self._step_fn is None:  # --jit_compile unset: measured on this machine (or read back on resume)
             self._resolve_jit_compile(state["epoch"])
-        elif config.jit_compile is not None:
-            self.jit_compile = config.jit_compile
-        for epoch in range(state["epoch"], config.epochs):
-            skip = state["step"] if epoch == state["epoch"] else 0
-            self._train_epoch(epoch, skip, state)
-            state.update(epoch=epoch + 1, step=0)
-            if self.val_pipeline is not None and ((epoch + 1) % config.eval_every_epochs == 0
-                                                  or epoch + 1 == config.epochs):
-                metrics = self.validate(epoch + 1)
-                state["history"].append({"epoch": epoch + 1, **metrics})
-                score = metrics.get(config.best_metric)
-                if score is not None and (state["best"] is None or score > state["best"]["score"]):
-                    state["best"] = {"epoch": epoch + 1, "metric": config.best_metric, "score": score}
-                    self.save_best(metrics, epoch + 1)
-            self.save(state)
-        if self.progress:
-            print(f"done: {config.epochs} epochs in {self.model_dir}")
-        return state
+        elif self.config.jit_compile is not None:
+            self.jit_compile = self.config.jit_compile
 
-    def _train_epoch(self, epoch: int, skip: int, state: dict) -> None:
-        config = self.config
-        remaining = self.steps_per_epoch - skip
-        if remaining <= 0:
-            return
-        ds = self.pipeline.train(config.batch_size, start_epoch=epoch, epochs=epoch + 1, skip_batches=skip)
-        ds = self.strategy.experimental_distribute_dataset(ds.take(remaining))
-        bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "lr"]) if self.progress else None
-        if bar is not None:
-            print(f"epoch {epoch + 1}/{config.epochs}")
-            if skip:
-                bar.update(skip)
-        start, done = time.perf_counter(), 0
+    def epoch_batches(self, epoch: int, skip: int, remaining: int):
+        return self.strategy.experimental_distribute_dataset(super().epoch_batches(epoch, skip, remaining))
+
+    def step(self, batch) -> dict:
+        return {"loss": self._step_fn(batch)}
+
+    def non_finite(self, losses: dict, bad: list, where: str) -> str:
+        return f"the loss became {float(losses['loss'])} {where}: lower --lr, or use --precision float32"
+
+    def log_step(self, losses: dict, epoch: int, state: dict, bar) -> None:
+        loss = float(losses["loss"])
         lr = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
-        every = max(1, int(config.log_every_steps))
-        pending = []  # (step, loss) since the last log point: a non-finite loss is named at its own step
-        for batch in ds:
-            if faultinject.nan_due(state["global_step"]):  # testing aid (CVM_NAN_AT_STEP)
-                faultinject.poison(self.encoder.trainable_variables[0])
-            faultinject.enter_step(state, self.model_dir)
-            loss = self._step_fn(batch)  # stays on the device between log points
-            state["step"] += 1
-            state["global_step"] += 1
-            done += 1
-            pending.append((state["step"], loss))
-            saving = bool(config.checkpoint_every_steps) and state["global_step"] % config.checkpoint_every_steps == 0
-            if state["step"] % every == 0 or state["step"] == self.steps_per_epoch or saving:
-                self._check_losses(pending, epoch)
-                pending = []
-                self._log(float(loss), lr, epoch, state, bar)
-            if saving:
-                self.save(state)
-            if config.kill_after_steps and state["global_step"] >= config.kill_after_steps:
-                os.kill(os.getpid(), signal.SIGKILL)  # simulate `kill -9` (tests of resumption)
-        self._check_losses(pending, epoch)  # an epoch cut short by skipped samples: before validation
-        if not done and not skip:  # every sample was dropped: never report an epoch of no step as done
-            raise no_steps_error(self.pipeline.split, getattr(self.pipeline, "faults", None), epoch + 1)
-        if self.chief and done:
-            with self._writer("train").as_default(step=state["global_step"]):
-                tf.summary.scalar("pairs_per_second", done * config.batch_size / (time.perf_counter() - start))
-
-    def _check_losses(self, pending: list, epoch: int) -> None:
-        """CvmError at the first non-finite loss of `pending` [(step in epoch, loss tensor)], naming its step."""
-        for step, loss in pending:
-            value = float(loss)
-            if not np.isfinite(value):
-                latest = self.checkpoints.latest()
-                raise CvmError(f"the loss became {value} at epoch {epoch + 1}, step {step}: lower --lr, or use "
-                               "--precision float32; nothing after that step was saved, the last checkpoint is "
-                               f"{latest or 'none (none was written yet)'}")
-
-    def _log(self, loss: float, lr: float, epoch: int, state: dict, bar) -> None:
-        if not np.isfinite(loss):
-            raise CvmError(f"the loss became {loss} at epoch {epoch + 1}, step {state['step']}: lower --lr, "
-                           "or use --precision float32; the last checkpoint is in "
-                           f"{self.checkpoints.directory}")
         if self.chief:
             with self._writer("train").as_default(step=state["global_step"]):
                 tf.summary.scalar("loss", loss)
                 tf.summary.scalar("learning_rate", lr)
         if bar is not None:
             bar.update(state["step"], [("loss", loss), ("lr", lr)])
+
+    def train(self) -> dict:
+        state = super().train()
+        if self.keep_final and self.chief:  # the last epoch's model too (the only one when there is no validation)
+            with replacing(os.path.join(self.model_dir, "final", "model.keras")) as tmp:
+                self.encoder.save(tmp)
+        return state
+
+    def final_model_path(self) -> str:
+        """The model a later stage uses: best/model.keras when validated, else the last epoch's model."""
+        best = os.path.join(self.model_dir, "best", "model.keras")
+        return best if os.path.isfile(best) else os.path.join(self.model_dir, "final", "model.keras")
 
     # --- validation -----------------------------------------------------------------------------
     def validate(self, epoch: int) -> dict:
@@ -346,7 +264,8 @@ class Run:
                                    method=self.config.method, checkpoint=f"epoch {epoch}",
                                    out_dir=os.path.join(self.model_dir, "results", "validation")
                                    if self.chief else None,
-                                   name=f"epoch{epoch:03d}", progress=False)
+                                   name=f"epoch{epoch:03d}", progress=False,
+                                   orientation=self.config.orientation_protocol())
         metrics = dict(results["metrics"]["ground_to_aerial"])
         flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         if self.chief:
@@ -361,31 +280,6 @@ class Run:
                 shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in flat.items() if k.startswith("r@"))
                 print(f"validation after epoch {epoch}: {shown} (N = {results['n_queries']})")
         return flat
-
-    def save_best(self, metrics: dict, epoch: int) -> None:
-        if not self.chief:
-            return
-        best_dir = os.path.join(self.model_dir, "best")
-        check_finite([(v.path, np.asarray(v.numpy())) for v in self.encoder.variables],
-                     f"{best_dir} not updated after epoch {epoch}")
-        tmp = os.path.join(best_dir, "model.tmp.keras")
-        try:
-            os.makedirs(best_dir, exist_ok=True)
-            self.encoder.save(tmp)
-            faultinject.kill_point("best.model")
-            os.replace(tmp, os.path.join(best_dir, "model.keras"))
-            faultinject.kill_point("best.metrics")
-            write_json_atomic(os.path.join(best_dir, "metrics.json"), {"epoch": epoch, **metrics})
-        except OSError as exc:
-            raise write_error(os.path.join(best_dir, "model.keras"), exc, self.checkpoints.latest()) from None
-
-
-def write_json_atomic(path: str, values: dict) -> None:
-    """json.dump to a temporary name, then rename: a killed run never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=1)
-    os.replace(tmp, path)
 
 
 def train(config: TrainConfig, strategy=None, progress: bool = True) -> dict:

@@ -59,8 +59,8 @@ def test_experiment_flagfiles_parse_into_valid_configs(path):
     config.validate()
     assert config.method in available_methods()
     assert os.path.basename(path).startswith(config.method.split("_")[0]), "flagfiles are <method>_<dataset>.cfg"
-    if config.method.startswith("cvm_net"):
-        assert config.dataset in ("cvusa", "cvact") and config.batch_size == 12 and config.lr == 1e-5
+    if config.method.startswith("cvm_net") and config.dataset in ("cvusa", "cvact"):
+        assert config.batch_size == 12 and config.lr == 1e-5
         assert config.image_spec().aerial_size == (512, 512)
     # The flagfile written for a run reproduces its config.
     again = flags.FlagValues()

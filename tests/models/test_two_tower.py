@@ -23,6 +23,7 @@ SMALL = {
     "regmi_two_stream": dict(backbone_width=0.0625, output_dim=8, ground_size=(32, 128), aerial_size=(64, 64)),
     "regmi_joint": dict(backbone_width=0.0625, output_dim=8, ground_size=(32, 128), aerial_size=(64, 64)),
     "regmi_fusion": dict(input_dim=6, output_dim=4),
+    "dsm": dict(backbone_width=0.125, map_channels=4, aerial_size=(32, 64)),
 }
 
 
@@ -30,8 +31,9 @@ def inputs_for(method, seed=0):
     rng = np.random.default_rng(seed)
     if method == "regmi_fusion":
         return {"ground": rng.normal(size=(2, 12)).astype("float32"), "aerial": rng.normal(size=(2, 6)).astype("float32")}
-    aerial = (32, 128) if method == "safa" else (64, 64)
-    return {"ground": rng.uniform(-100, 100, (2, 32, 128, 3)).astype("float32"),
+    aerial = {"safa": (32, 128), "dsm": (32, 64)}.get(method, (64, 64))
+    ground = (32, 64) if method == "dsm" else (32, 128)
+    return {"ground": rng.uniform(-100, 100, (2, *ground, 3)).astype("float32"),
             "aerial": rng.uniform(-100, 100, (2, *aerial, 3)).astype("float32")}
 
 
