@@ -20,10 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from cvm.errors import CvmError  # noqa: E402,F401
 
 # Subpackages imported on first attribute access (they import TensorFlow).
-_LAZY = ("models", "losses", "training", "evaluation", "export", "pipelines")
+_LAZY = ("models", "losses", "training", "evaluation", "export", "pipelines", "geo")
 
 
 def __getattr__(name):
     if name in _LAZY:
         return importlib.import_module(f"cvm.{name}")
+    if name == "Localizer":  # cvm.geo.Localizer, imported on first use (it imports TensorFlow and FAISS)
+        return importlib.import_module("cvm.geo.localizer").Localizer
     raise AttributeError(f"module 'cvm' has no attribute {name!r}")

@@ -47,7 +47,7 @@ def run_app(prog: str, argv, main, doc: str, modules, check=None, method_help=No
     """absl app.run with cvm's help and error conventions.
 
     check(FLAGS, args), run before main, raises a CvmError for flags the run would not use
-    (cvm.cli.flag_use). method_help(FLAGS, argv) gives the help of one configuration (`cvm train --method
+    (cvm.flags.use). method_help(FLAGS, argv) gives the help of one configuration (`cvm train --method
     safa --help`: the flags that run takes) or None for the full help.
     """
     if any(a in HELP_ARGS for a in argv[1:]):

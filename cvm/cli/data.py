@@ -37,7 +37,10 @@ flags.DEFINE_string("dataset", None, f"Dataset name: check: {', '.join(registry.
                     f"{', '.join(registry.names('polar'))}.")
 flags.DEFINE_string("root", None, "Dataset root folder.")
 flags.DEFINE_string("out", None, "synth: output folder of the dataset; polar: where polarmap/ goes (default ROOT).")
-flags.DEFINE_enum("layout", "cvusa", ["cvusa", "cvact"], "synth: folder layout to write.")
+flags.DEFINE_enum("layout", "cvusa", ["cvusa", "cvact", "vigor", "geotown"],
+                  "synth: folder layout to write (vigor: 4 cities, --pairs / 4 panoramas each; geotown: the world of "
+                  "the --pairs dataset as an orthophoto GeoTIFF + pairs x val_fraction panoramas and photos with "
+                  "coordinates).")
 flags.DEFINE_integer("pairs", 200, "synth: number of ground/aerial pairs.", lower_bound=2)
 flags.DEFINE_integer("seed", 0, "Random seed (the synthetic world and its sample locations).")
 flags.DEFINE_float("val_fraction", 0.2, "synth: fraction of pairs in the validation split.",
@@ -50,6 +53,12 @@ flags.DEFINE_boolean("segmaps", True, "synth: also write colour segmentation map
                                       "streetview/annotations/, bingmap/annotations/).")
 flags.DEFINE_enum("cvact_layout", "auto", ["auto", "distributed", "preprocessed"],
                   "check, polar: CVACT folder layout (auto-detected by default).")
+flags.DEFINE_enum("vigor_area", None, ["same", "cross"], "check --dataset vigor: only same-area or cross-area "
+                  "(default both).")
+flags.DEFINE_enum("vigor_labels", "original", ["original", "corrected", "mercator"], "check --dataset vigor: label "
+                  "version (cvm.data.vigor: original, SliceMatch's corrected, offsets recomputed in Web Mercator).")
+flags.DEFINE_string("vigor_splits_dir", None, "check --dataset vigor: folder holding <City>/<label lists> instead "
+                    "of ROOT/splits (or ROOT/splits__corrected).")
 flags.DEFINE_string("cvact_mat", None, "check, polar: path of ACT_data.mat (default ROOT/ACT_data.mat).")
 flags.DEFINE_integer("limit", None, "check: only the first N pairs of each split (a quick look).")
 flags.DEFINE_string("report", None, "check: file to write the complete list of faulty files to, one path<TAB>reason "
@@ -73,6 +82,15 @@ def synth() -> int:
     out = FLAGS.out
     if not out:
         raise CvmError("--out is required: the folder to write the synthetic dataset into")
+    if FLAGS.layout == "geotown":  # cvm.data.synthetic.town; held-out photo locations of the same world
+        from cvm.data.synthetic.town import write_town
+
+        held = max(1, int(round(FLAGS.pairs * FLAGS.val_fraction)))
+        info = write_town(out, seed=FLAGS.seed, pairs=FLAGS.pairs, panos=held, photos=held)
+        print(f"wrote a {info['world_size_m']:g} m town to {out}: orthophoto.tif ({info['crs']}, "
+              f"{info['ortho_mpp']:g} m/px), {held} panoramas, {held} {info['photo_fov_deg']:g}-degree photos, "
+              "locations.csv")
+        return 0
     summary = write_dataset(out, layout=FLAGS.layout, pairs=FLAGS.pairs, seed=FLAGS.seed,
                             val_fraction=FLAGS.val_fraction, workers=FLAGS.workers, progress=True,
                             segmaps=FLAGS.segmaps and FLAGS.layout == "cvusa")
@@ -91,6 +109,8 @@ def check() -> int:
     options = {}
     if FLAGS.dataset == "cvact":
         options = {"layout": FLAGS.cvact_layout, "mat_path": FLAGS.cvact_mat}
+    if FLAGS.dataset == "vigor":
+        options = {"area": FLAGS.vigor_area, "labels": FLAGS.vigor_labels, "splits_dir": FLAGS.vigor_splits_dir}
     if FLAGS.direction:
         options = {"direction": FLAGS.direction, "split_file": FLAGS.split_file, "aerial_seg_dir": FLAGS.aerial_seg_dir}
     return main_check(FLAGS.dataset, FLAGS.root, splits=FLAGS.splits, limit=FLAGS.limit, workers=FLAGS.workers,
@@ -128,14 +148,14 @@ def polar() -> int:
 SUBCOMMAND_FLAGS = {
     "synth": ("out", "layout", "pairs", "seed", "val_fraction", "workers", "segmaps"),
     "check": ("dataset", "root", "splits", "limit", "report", "workers", "cvact_layout", "cvact_mat", "direction",
-              "split_file", "aerial_seg_dir"),
+              "split_file", "aerial_seg_dir", "vigor_area", "vigor_labels", "vigor_splits_dir"),
     "polar": ("dataset", "root", "out", "splits", "workers", "stretch", "polar_size", "cvact_layout", "cvact_mat"),
 }
 
 
 def check_flags(fv, argv) -> None:
-    """Refuse flags the subcommand would not use (cvm.cli.flag_use)."""
-    from cvm.cli import flag_use
+    """Refuse flags the subcommand would not use (cvm.flags.use)."""
+    from cvm.flags import use as flag_use
 
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         return  # main lists the subcommands
@@ -145,11 +165,16 @@ def check_flags(fv, argv) -> None:
         readers = [s for s, names in SUBCOMMAND_FLAGS.items() if name in names]
         if readers and sub not in readers:
             unused[name] = f"`cvm data {sub}` does not read it (a flag of `cvm data {' / '.join(readers)}`)"
+    if sub == "synth" and fv.layout == "geotown":
+        unused["workers"] = "the geotown layout renders in one process"
     if sub == "synth" and fv.layout != "cvusa":
         unused["segmaps"] = f"only the cvusa layout has segmentation maps (this run: --layout {fv.layout})"
     if sub != "synth" and fv.dataset != "cvact":
         for name in ("cvact_layout", "cvact_mat"):
             unused[name] = f"only --dataset cvact reads it (this run: --dataset {fv.dataset})"
+    if sub == "check" and fv.dataset != "vigor":
+        for name in ("vigor_area", "vigor_labels", "vigor_splits_dir"):
+            unused[name] = f"only --dataset vigor reads it (this run: --dataset {fv.dataset})"
     if sub == "check":
         if fv.dataset != "cvusa":
             for name in ("direction", "split_file", "aerial_seg_dir"):

@@ -3,6 +3,7 @@
   cvm eval --model_dir runs/quickstart
   cvm eval --model_dir runs/cvm_net_i_cvusa --root /data/CVUSA --split val
   cvm eval --model_dir runs/cvm_net_i_cvact --dataset cvact --root /data/ANU_data_test --split test --radii 0,5,25
+  cvm eval --model_dir runs/safa_cvusa --fov_deg 90 --unknown_orientation   limited FoV, heading unknown
 
 Writes MODEL_DIR/results/<dataset>_<split>.json (every metric, both top-1% conventions, N, the
 checkpoint), <dataset>_<split>_recall.png (recall@K curves) and <dataset>_<split>_grid.png (queries
@@ -27,13 +28,18 @@ flags.DEFINE_list("radii", ["0"], "Success radii in metres for datasets with UTM
                                   "true match only; CVACT_test protocols use 5 or 25).")
 flags.DEFINE_integer("batch_size", None, "Embedding batch size (default: the run's eval_batch_size).")
 flags.DEFINE_string("out_dir", None, "Where to write results (default MODEL_DIR/results).")
+flags.DEFINE_float("fov_deg", None, "Evaluate on limited field-of-view crops of this many degrees (a fixed, seeded "
+                                    "test set; default: the run's --fov_deg).")
+flags.DEFINE_boolean("unknown_orientation", None, "Shift each panorama by a random azimuth (a fixed, seeded test set; "
+                                                  "default: the run's --azimuth_shift). Correlation methods (dsm) "
+                                                  "also report the orientation they estimate.")
 
 FLAGS = flags.FLAGS
 
 
 def check_flags(fv, argv) -> None:
-    """Refuse flags this run would not use (cvm.cli.flag_use)."""
-    from cvm.cli import flag_use
+    """Refuse flags this run would not use (cvm.flags.use)."""
+    from cvm.flags import use as flag_use
     from cvm.training.config import TrainConfig
 
     flag_use.check_model_dir_verb(fv, argv, TrainConfig, [__name__], "cvm eval")
@@ -52,6 +58,17 @@ def main(argv) -> int:
     from cvm.training.restore import load_encoder
 
     encoder, config, described = load_encoder(FLAGS.model_dir, FLAGS.checkpoint)
+    protocol = {}
+    if FLAGS.fov_deg is not None:
+        if not 0.0 < FLAGS.fov_deg <= 360.0:
+            raise CvmError(f"--fov_deg must be in (0, 360], got {FLAGS.fov_deg}")
+        protocol["fov_deg"] = float(FLAGS.fov_deg)
+    if FLAGS.unknown_orientation is not None:
+        protocol["azimuth_shift"] = bool(FLAGS.unknown_orientation)
+    if protocol:
+        import dataclasses
+
+        config = dataclasses.replace(config, **protocol)
     dataset = FLAGS.dataset or config.dataset
     root = FLAGS.root or (config.root if dataset == config.dataset else None)
     split_name = FLAGS.split or config.val_split or "val"
@@ -59,11 +76,13 @@ def main(argv) -> int:
     split = load_split(dataset, split_name, root, image_spec=config.image_spec(),
                        synthetic_pairs=config.synthetic_pairs, synthetic_seed=config.synthetic_seed, **options)
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.model_dir, "results")
+    suffix = "" if (config.fov_deg >= 360 and not config.azimuth_shift) or config.correlation_method() else (
+        f"_fov{config.fov_deg:g}" + ("_unknown_orientation" if config.azimuth_shift else ""))
     pipeline = Pipeline(split, config.image_spec(), config.eval_augment_spec(), seed=2019 + config.seed,
                         faults_path=os.path.join(out_dir, f"{dataset}_{split_name}_faults.txt"))
     radii = [float(r) for r in FLAGS.radii]
     results = evaluate_encoder(encoder, pipeline, FLAGS.batch_size or config.eval_batch_size, method=config.method,
-                               checkpoint=described, out_dir=out_dir, name=f"{dataset}_{split_name}",
+                               checkpoint=described, out_dir=out_dir, name=f"{dataset}_{split_name}{suffix}",
                                model_dir=FLAGS.model_dir, radii=radii, progress=True,
                                orientation=config.orientation_protocol())
     for direction, metrics in results["metrics"].items():

@@ -42,8 +42,8 @@ FLAGS = flags.FLAGS
 
 
 def check_flags(fv, argv) -> None:
-    """Refuse flags this evaluation would not use (cvm.cli.flag_use)."""
-    from cvm.cli import flag_use
+    """Refuse flags this evaluation would not use (cvm.flags.use)."""
+    from cvm.flags import use as flag_use
 
     unused = {}
     if fv.real:

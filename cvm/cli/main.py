@@ -19,9 +19,11 @@ VERBS = {
     "synthesize": ("cvm.cli.synthesize", "write generated images of a trained synthesis GAN for a split (resumable)"),
     "eval": ("cvm.cli.eval", "evaluate a trained model: recall@K / top-1% JSON, recall curve, retrieval grid"),
     "eval-synthesis": ("cvm.cli.eval_synthesis", "SSIM / PSNR / sharpness and classifier agreement of generated images"),
-    "export": ("cvm.cli.export", "export a trained model as a SavedModel (ground/aerial endpoints, uint8 in)"),
+    "export": ("cvm.cli.export", "export a trained model's towers (SavedModel, ONNX or LiteRT; uint8 in, checked against Keras)"),
     "convert": ("cvm.cli.convert", "convert the authors' TF1 checkpoints (CVM-Net, CVFT, SAFA, Regmi) into .keras files"),
     "pipeline": ("cvm.cli.pipeline", "run a multi-stage paper experiment, resumable (regmi_iccv19)"),
+    "gallery": ("cvm.cli.gallery", "build a geo-referenced gallery (split, GeoTIFF or XYZ tiles) with a vector index"),
+    "locate": ("cvm.cli.locate", "where was this photo taken: top-k gallery locations, PNG and offline HTML map"),
 }
 
 USAGE = """usage: cvm VERB [--flagfile FILE] [--flags ...]

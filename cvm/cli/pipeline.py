@@ -109,7 +109,7 @@ def unused_flags(fv) -> dict:
 
 
 def check_flags(fv, argv) -> None:
-    from cvm.cli import flag_use
+    from cvm.flags import use as flag_use
 
     flag_use.check_verb(fv, unused_flags(fv), [__name__], "cvm pipeline regmi_iccv19")
 

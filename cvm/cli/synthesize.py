@@ -42,8 +42,8 @@ FLAGS = flags.FLAGS
 
 
 def check_flags(fv, argv) -> None:
-    """Refuse flags this run would not use (cvm.cli.flag_use)."""
-    from cvm.cli import flag_use
+    """Refuse flags this run would not use (cvm.flags.use)."""
+    from cvm.flags import use as flag_use
     from cvm.training.synthesis_config import SynthesisConfig
 
     def unused(fv, config):
@@ -64,7 +64,7 @@ def main(argv) -> int:
         raise CvmError("--model_dir is required: the folder of a synthesis run trained with `cvm train`")
     if not FLAGS.out:
         raise CvmError("--out is required: the folder to write the generated images to")
-    from cvm.training.gan import synthesize
+    from cvm.synthesis.inference import synthesize
 
     summary = synthesize(FLAGS.model_dir, FLAGS.out, split=FLAGS.split, dataset=FLAGS.dataset, root=FLAGS.root,
                          batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint, metrics=FLAGS.metrics,

@@ -18,7 +18,8 @@ import os
 
 from absl import flags
 
-from cvm.cli import common, flag_use, synthesis_flags, train_flags
+from cvm.cli import common
+from cvm.flags import use as flag_use, synthesis as synthesis_flags, train as train_flags
 
 train_flags.define_flags()
 synthesis_flags.define_flags()
@@ -37,7 +38,7 @@ def main(argv) -> int:
         from cvm.errors import CvmError
 
         raise CvmError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    from cvm.training.synthesis_config import is_synthesis_method
+    from cvm.synthesis.methods import is_synthesis_method
 
     if is_synthesis_method(FLAGS.method):
         return train_synthesis()
@@ -107,5 +108,5 @@ def method_help(fv, argv):
 
 
 def run(argv) -> None:
-    common.run_app("cvm train", argv, main, __doc__, ["cvm.cli.train_flags", "cvm.cli.synthesis_flags"],
+    common.run_app("cvm train", argv, main, __doc__, ["cvm.flags.train", "cvm.flags.synthesis"],
                    check=check_flags, method_help=method_help)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import inspect
 import os
 import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
+from cvm import atomic
 from cvm.data import registry, sources
 from cvm.data.registry import SQUARE
 from cvm.data.records import Split, read_bgr, unreadable_reason
@@ -457,14 +459,9 @@ def write_fault_list(report: DatasetReport, path: Optional[str] = None) -> str:
 
 def _write_atomic(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    if not os.path.isdir(folder):  # the report goes into an existing folder (atomic.replacing would make it)
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), folder)
+    atomic.write_text(path, text)
 
 
 def _inspect(path: str):

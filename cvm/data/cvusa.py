@@ -2,14 +2,19 @@
 
 Root layout: bingmap/19/NNNNNNN.jpg (aerial, 750x750), streetview/panos/NNNNNNN.jpg (panorama,
 224 high x 1232 wide), splits/train-19zl.csv and splits/val-19zl.csv. Each CSV row is
-`aerial,panorama,annotation` with paths relative to the root; the annotation png is not used and
-may be missing. Ground truth is positional (row i's panorama matches row i's aerial image); CVUSA
-has no coordinates.
+`aerial,panorama,annotation` with paths relative to the root; the annotation png is not used by
+retrieval and may be missing. Ground truth is positional (row i's panorama matches row i's aerial
+image); CVUSA has no coordinates.
+
+`read_split_list` is the one reader of CVUSA lists: the official CSVs, Regmi & Shah's X-Fork lists
+(XFORK_SPLIT_FILES) and any list a user names; retrieval (`load_cvusa`) and synthesis
+(`cvm.data.synthesis.adapters.load_cvusa_synthesis`) both read through it.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from cvm.data import sources
 from cvm.data.records import Pair, Split
@@ -22,6 +27,16 @@ SPLITS = ("train", "val")
 AERIAL_KINDS = ("bingmap", "polar")
 
 _SPLITS_ORIGIN = "comes with the CVPR_subset archive (splits.tar.gz) that the CVUSA authors send on request"
+
+# Regmi & Shah's lists for the panorama -> aerial X-Fork (ICCV 2019): CVUSA has no aerial segmentation
+# maps, so train_xfork_pano2aerial.lua (and its _with_edgemap twin) read rows "aerial, panorama, aerial
+# segmentation map" (paths relative to the CVPR_subset root; csvigo, comma-separated) from
+# splits/train_xfork_cvusa.txt and take the target map from column 3. The file is not in either of Regmi's
+# repositories. The original validates nothing and its test script reads val-19zl.csv without maps, so
+# the validation list has no original: val_xfork_cvusa.txt is cvm's name for it, in the same format.
+XFORK_SPLIT_FILES = {"train": "train_xfork_cvusa.txt", "val": "val_xfork_cvusa.txt"}
+# In a --split_file name, "{split}" stands for the split read ("train" or "val"; "test" reads "val").
+SPLIT_PLACEHOLDER = "{split}"
 
 
 def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
@@ -44,20 +59,12 @@ def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
       CvmError: unknown split name, missing root or split file, malformed CSV row, or aerial="polar"
         without a polarmap/ folder.
     """
-    if split not in SPLIT_FILES:
-        raise CvmError(f"Unknown CVUSA split {split!r}; valid splits: 'train', 'val', 'test' (alias of 'val').")
+    canonical_split(split)
     if aerial not in AERIAL_KINDS:
         raise CvmError(f"Unknown CVUSA aerial kind {aerial!r}; valid kinds: {', '.join(map(repr, AERIAL_KINDS))}.")
-    root = sources.require_root("cvusa", root)
-    csv_path = os.path.join(root, "splits", SPLIT_FILES[split])
-    if not os.path.isfile(csv_path):
-        raise sources.missing_file_error("cvusa", csv_path, "split file", _SPLITS_ORIGIN)
-
-    rows = sources.read_split_rows(
-        "cvusa", csv_path, ("aerial", "ground"), "restore the original file from the CVPR_subset splits.tar.gz"
-    )
+    root, rows = read_split_list(root, split)
     pairs = []
-    for _, fields in rows:
+    for fields in rows:
         aerial_rel, ground_rel = fields[0], fields[1]
         if aerial == "polar":
             aerial_rel = polar_path(aerial_rel)
@@ -93,3 +100,66 @@ def polar_path(aerial_rel: str) -> str:
         parts.insert(0, "polarmap")
     parts[-1] = os.path.splitext(parts[-1])[0] + ".png"
     return os.path.join(*parts)
+
+
+def canonical_split(split: str) -> str:
+    """The list a split name reads, "train" or "val" ("test" reads "val"); a CvmError for another name."""
+    if split not in SPLIT_FILES:
+        raise CvmError(f"Unknown CVUSA split {split!r}; valid splits: 'train', 'val', 'test' (alias of 'val').")
+    return "train" if split == "train" else "val"
+
+
+def split_list_path(split: str, split_file: Optional[str] = None, xfork: bool = False) -> str:
+    """The list a split reads, relative to the root (or absolute, as a user's split_file may be).
+
+    split_file given: that file, "{split}" (SPLIT_PLACEHOLDER) replaced by "train" or "val". Otherwise
+    xfork: Regmi's splits/train_xfork_cvusa.txt / val_xfork_cvusa.txt (XFORK_SPLIT_FILES); else the
+    official splits/train-19zl.csv / val-19zl.csv.
+    """
+    canonical = canonical_split(split)
+    if split_file is not None:
+        return str(split_file).replace(SPLIT_PLACEHOLDER, canonical)
+    if xfork:
+        return os.path.join("splits", XFORK_SPLIT_FILES[canonical])
+    return os.path.join("splits", SPLIT_FILES[split])
+
+
+def read_split_list(root: str, split: str, fields: tuple = ("aerial", "ground"), split_file: Optional[str] = None,
+                    xfork: bool = False) -> tuple:
+    """(root, rows) of the list `split_list_path(split, split_file, xfork)` names under the CVUSA root.
+
+    Each row is the tuple of its comma-separated fields (paths relative to the root); `fields` names the
+    leading ones every row must have (e.g. ("aerial", "ground", "segmentation map") for a list whose
+    third column is read). A missing root or list, or a malformed row, is a CvmError saying where the
+    file comes from and what to do.
+    """
+    rel = split_list_path(split, split_file, xfork)
+    root = sources.require_root("cvusa", root)
+    path = os.path.join(root, rel)
+    if not os.path.isfile(path):
+        if split_file is not None:
+            raise sources.missing_file_error("cvusa", path, "split file", f"is the list --split_file names ({split_file})")
+        if xfork:
+            raise _missing_xfork_list(path, split)
+        raise sources.missing_file_error("cvusa", path, "split file", _SPLITS_ORIGIN)
+    official = split_file is None and not xfork
+    restore = "restore the original file from the CVPR_subset splits.tar.gz" if official else \
+        "restore the file or fix the row"
+    return root, [tuple(row) for _, row in sources.read_split_rows("cvusa", path, fields, restore)]
+
+
+def _missing_xfork_list(path: str, split: str) -> CvmError:
+    if canonical_split(split) == "train":
+        origin = ("is Regmi & Shah's list for the panorama -> aerial X-Fork: train_xfork_pano2aerial.lua in "
+                  "github.com/kregmi/cross-view-image-matching (xview-synthesis/) reads each aerial's segmentation "
+                  "target from its column 3 (rows: aerial, panorama, aerial segmentation map, relative to the CVUSA "
+                  "root); CVUSA has no aerial maps and the list is not published in that repository (ask its "
+                  "author, or write one in that format)")
+    else:
+        origin = ("is the validation twin of Regmi & Shah's train_xfork_cvusa.txt (rows: aerial, panorama, aerial "
+                  "segmentation map): the original validates nothing and its test script reads val-19zl.csv "
+                  "without maps, so this is cvm's name for it; write one in that format, or leave --val_split empty")
+    return CvmError(f"CVUSA split file not found: {os.path.abspath(path)}. It {origin}. Point --split_file at the "
+                    f"list (relative to --root or absolute; '{SPLIT_PLACEHOLDER}' in the name stands for train / val), "
+                    "or pass --aerial_seg_dir=DIR to read DIR/<aerial stem>.png beside the official CSVs; "
+                    "see README 'Cross-view synthesis'.")

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import cv2
 
+from cvm import atomic
 from cvm.data import registry
 from cvm.data.outputs import output_path
 from cvm.data.parallel import progress_bar
@@ -170,15 +171,9 @@ def _make_one(kind: str, source: str, target: str, height: int, width: int, stre
     if not ok:
         return "failed", source, "PNG encoding failed"
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        temporary = f"{target}.tmp-{os.getpid()}"
-        try:
-            with open(temporary, "wb") as f:
-                f.write(encoded.tobytes())
-            os.replace(temporary, target)  # atomic: readers see no file, the old one or the whole new one
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        # Atomic: readers see no file, the old one or the whole new one. No fsync per map (tens of
+        # thousands of small files): a map lost to a crash is redone by the rerun, which re-decodes each.
+        atomic.write_bytes(target, encoded.tobytes(), fsync=False)
     except OSError as error:
         return "failed", source, f"cannot write {target}: {error.strerror or error}"
     return ("written" if previous is None else "redone"), source, ""
@@ -249,6 +244,5 @@ def _copy_act_data(root: str, out_dir: str, mat_path: Optional[str]) -> None:
     source = os.path.abspath(mat_path) if mat_path else os.path.join(os.path.abspath(root), "ACT_data.mat")
     target = os.path.join(out_dir, "ACT_data.mat")
     if os.path.abspath(source) != os.path.abspath(target):
-        os.makedirs(out_dir, exist_ok=True)
-        shutil.copyfile(source, target + ".tmp")
-        os.replace(target + ".tmp", target)
+        with atomic.replacing(target) as tmp:
+            shutil.copyfile(source, tmp)

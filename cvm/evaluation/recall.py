@@ -272,19 +272,33 @@ def stream_ranks(
     }
 
 
-def recall_at_k(
-    query,
-    reference,
-    ks: Sequence[int] = (1, 5, 10),
-    *,
-    positives=None,
-    top_k: int = DEFAULT_TOP_K,
-    chunk_size: Optional[int] = None,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-    device: Optional[str] = None,
-    allow_tf32: bool = False,
-    progress: bool = False,
-) -> dict:
+# The keywords every streamed entry point passes on to `stream_ranks` unchanged; their defaults and
+# meaning live there once (top_k: indices kept per query; chunk_size: queries per device step, None =
+# from memory_budget_bytes; device: None = the first GPU, else the CPU; allow_tf32: faster Ampere+
+# matmuls, ~1e-3 relative error on similarities, process-wide while evaluating; progress: a tqdm bar).
+STREAMING_KEYWORDS = ("top_k", "chunk_size", "memory_budget_bytes", "device", "allow_tf32", "progress")
+
+
+def streaming_options(caller: str, options: dict) -> dict:
+    """OPTIONS (an entry point's **streaming) checked to be `stream_ranks` keywords, as a TypeError names
+    an unexpected keyword of CALLER."""
+    unknown = sorted(set(options) - set(STREAMING_KEYWORDS))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} "
+                        f"(streaming options: {', '.join(STREAMING_KEYWORDS)})")
+    return options
+
+
+def _one_direction(ranks, streamed: dict, ks: Sequence[int], **first) -> dict:
+    """The result of a one-direction entry point: the metrics of RANKS, FIRST, then counts, ranks, top-k."""
+    result = metrics_from_ranks(ranks, streamed["n_references"], ks)
+    result.update(first)
+    result.update(n_queries=streamed["n_queries"], n_references=streamed["n_references"], ranks=ranks,
+                  topk_indices=streamed["topk_indices"])
+    return result
+
+
+def recall_at_k(query, reference, ks: Sequence[int] = (1, 5, 10), *, positives=None, **streaming) -> dict:
     """Recall@K of query -> reference retrieval (one direction), streamed.
 
     Args:
@@ -292,69 +306,36 @@ def recall_at_k(
       reference: [Nr, D] reference descriptors (aerial).
       ks: the K of the reported Recall@K (both top-1% conventions are always added).
       positives: index of each query's true reference; None = positional (query i <-> reference i).
-      top_k: how many retrieved indices to keep per query (for retrieval grids); 0 keeps none.
-      chunk_size: queries per device step; None = from `memory_budget_bytes`.
-      device: TF device name; None = the first GPU, else the CPU.
-      allow_tf32: allow TF32 matmuls on Ampere+ GPUs (faster, ~1e-3 relative error on similarities).
-        The switch is process-wide while evaluating (it would also affect a concurrent training thread).
+      **streaming: `stream_ranks`' keywords (STREAMING_KEYWORDS), e.g. top_k=0 keeps no indices.
 
     Returns:
       {"r@K": fraction, ..., "r@1%_floor", "r@1%_floor_plus_1", "k_1%_floor", "k_1%_floor_plus_1",
        "n_queries", "n_references", "ranks": int64 [Nq], "topk_indices": int32 [Nq, top_k]}.
     """
     _check_ks(ks)
-    streamed = stream_ranks(
-        query, reference, positives=positives, top_k=top_k, chunk_size=chunk_size,
-        memory_budget_bytes=memory_budget_bytes, device=device, allow_tf32=allow_tf32, progress=progress,
-    )
-    result = metrics_from_ranks(streamed["ranks"], streamed["n_references"], ks)
-    result.update(
-        n_queries=streamed["n_queries"], n_references=streamed["n_references"],
-        ranks=streamed["ranks"], topk_indices=streamed["topk_indices"],
-    )
-    return result
+    streamed = stream_ranks(query, reference, positives=positives, **streaming_options("recall_at_k", streaming))
+    return _one_direction(streamed["ranks"], streamed, ks)
 
 
-def recall_within_radius(
-    query,
-    reference,
-    query_locations,
-    reference_locations,
-    radius_m: float,
-    ks: Sequence[int] = (1, 5, 10),
-    *,
-    positives=None,
-    top_k: int = DEFAULT_TOP_K,
-    chunk_size: Optional[int] = None,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-    device: Optional[str] = None,
-    allow_tf32: bool = False,
-    progress: bool = False,
-) -> dict:
+def recall_within_radius(query, reference, query_locations, reference_locations, radius_m: float,
+                         ks: Sequence[int] = (1, 5, 10), *, positives=None, **streaming) -> dict:
     """Recall@K where a query succeeds if any of its top-K references lies within `radius_m` metres.
 
     The CVACT_test protocols: 5 m is OriCNN's official one, 25 m the loaders' "same place" radius,
     0 the same id only (identical to `recall_at_k`). Locations are [N, 2] planar metres (UTM).
     Returns the same keys as `recall_at_k` plus "radius_m"; "ranks" are the radius ranks (the rank
-    of the best-scoring reference within the radius).
+    of the best-scoring reference within the radius). **streaming: as `recall_at_k`.
     """
     _check_ks(ks)
     radius_m = float(radius_m)
     if radius_m < 0:
         raise CvmError(f"radius must be >= 0 metres, got {radius_m}")
     radii = (radius_m,) if radius_m > 0 else ()
-    streamed = stream_ranks(
-        query, reference, positives=positives, radii_m=radii, query_locations=query_locations,
-        reference_locations=reference_locations, top_k=top_k, chunk_size=chunk_size,
-        memory_budget_bytes=memory_budget_bytes, device=device, allow_tf32=allow_tf32, progress=progress,
-    )
+    streamed = stream_ranks(query, reference, positives=positives, radii_m=radii, query_locations=query_locations,
+                            reference_locations=reference_locations,
+                            **streaming_options("recall_within_radius", streaming))
     ranks = streamed["radius_ranks"][radius_m] if radii else streamed["ranks"]
-    result = metrics_from_ranks(ranks, streamed["n_references"], ks)
-    result.update(
-        radius_m=radius_m, n_queries=streamed["n_queries"], n_references=streamed["n_references"],
-        ranks=ranks, topk_indices=streamed["topk_indices"],
-    )
-    return result
+    return _one_direction(ranks, streamed, ks, radius_m=radius_m)
 
 
 def _check_ks(ks) -> None:
@@ -403,12 +384,7 @@ def evaluate(
     radii: Sequence[float] = (0,),
     ks: Sequence[int] = (1, 5, 10),
     directions: Sequence[str] = DIRECTIONS,
-    top_k: int = DEFAULT_TOP_K,
-    chunk_size: Optional[int] = None,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-    device: Optional[str] = None,
-    allow_tf32: bool = False,
-    progress: bool = False,
+    **streaming,
 ) -> dict:
     """Full evaluation of ground (query) and aerial (reference) descriptors: both directions, all radii.
 
@@ -422,6 +398,7 @@ def evaluate(
       radii: success radii in metres; 0 (the positional / same-id match) is always computed.
       directions: any of "ground_to_aerial", "aerial_to_ground" (one streamed pass each; the second
         swaps the roles and needs one-to-one ground truth).
+      **streaming: `stream_ranks`' keywords (STREAMING_KEYWORDS), the same for both directions.
 
     Returns:
       {"n_queries", "n_references", "ranking", "ks", "directions": {direction: {
@@ -457,10 +434,7 @@ def evaluate(
                 raise CvmError("pass reference_locations: queries and references differ in number")
             reference_locations = locations
 
-    common = dict(
-        radii_m=positive_radii, top_k=top_k, chunk_size=chunk_size, memory_budget_bytes=memory_budget_bytes,
-        device=device, allow_tf32=allow_tf32, progress=progress,
-    )
+    common = dict(radii_m=positive_radii, **streaming_options("evaluate", streaming))
     results = {"n_queries": n_queries, "n_references": n_references, "ranking": RANKING_CONVENTION,
                "ks": [int(k) for k in ks], "directions": {}}
     for direction in directions:
@@ -500,6 +474,7 @@ class Evaluator:
 
 
 __all__ = [
-    "DIRECTIONS", "RANKING_CONVENTION", "Evaluator", "chunk_size_for", "evaluate", "metrics_from_ranks",
+    "DIRECTIONS", "RANKING_CONVENTION", "STREAMING_KEYWORDS", "Evaluator", "chunk_size_for", "evaluate",
+    "metrics_from_ranks", "streaming_options",
     "positives_from_ids", "recall_at_k", "recall_curve", "recall_within_radius", "stream_ranks", "top1_percent_k",
 ]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 
+from cvm import atomic
 from cvm.errors import CvmError
 from cvm.evaluation.recall import RANKING_CONVENTION, recall_curve, top1_percent_k
 
@@ -106,14 +106,7 @@ def results_dict(
 
 def write_results(path: str, results: Mapping) -> str:
     """Write the results JSON (folders created; written to a temporary file then renamed, never half-written)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(_plain(results), f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(temporary, path)
-    return path
+    return atomic.write_json(path, _plain(results), indent=2)
 
 
 def recall_curve_png(

@@ -61,6 +61,8 @@ def evaluate_encoder(encoder, pipeline, batch_size: int, *, method: str, checkpo
                            n_queries=raw["n_queries"], n_references=raw["n_references"], checkpoint=checkpoint,
                            model_dir=model_dir,
                            extra={"pairs_in_split": len(split), "pairs_skipped_unreadable": skipped,
+                                  # the fixed FoV / heading test set, when the evaluation crops (None: whole views)
+                                  "augment": str(pipeline.augment) if getattr(pipeline, "augment", None) else None,
                                   "image_spec": str(pipeline.spec), "root": split.root})
     if out_dir:
         name = name or f"{split.dataset}_{split.name}"

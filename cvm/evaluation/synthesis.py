@@ -297,8 +297,10 @@ def _image_files(folder: str) -> list:
     if not os.path.isdir(folder):
         raise CvmError(f"folder of generated images not found: {os.path.abspath(folder)} (pass --generated the folder "
                        "`cvm synthesize` wrote)")
+    # NAME.tmp.EXT is a write `cvm synthesize` did not finish (cvm.atomic.temporary_name), not an image.
     return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not os.path.splitext(f)[0].endswith(".tmp")
+                  and os.path.isfile(os.path.join(folder, f)))
 
 
 def _real_reader(real):

@@ -92,7 +92,8 @@ class RegmiEncoder(keras.layers.Layer):
                                 **initializers)
             for i, c in enumerate(self.channels)
         ]
-        self.dropouts = {level: keras.layers.Dropout(self.dropout_rate, name=f"conv{level}_dropout")
+        # String keys: a SavedModel export cannot track a dict keyed by ints.
+        self.dropouts = {f"conv{level}": keras.layers.Dropout(self.dropout_rate, name=f"conv{level}_dropout")
                          for level in (6, 7, 8)}
 
     @property
@@ -121,8 +122,8 @@ class RegmiEncoder(keras.layers.Layer):
         kept = []
         for level, conv in enumerate(self.convs, start=1):
             x = conv(x)
-            if level in self.dropouts:
-                x = self.dropouts[level](x, training=training)
+            if f"conv{level}" in self.dropouts:
+                x = self.dropouts[f"conv{level}"](x, training=training)
             if level in self.levels:
                 kept.append(_flatten(x))
         return kept[0] if len(kept) == 1 else ops.concatenate(kept, axis=-1)

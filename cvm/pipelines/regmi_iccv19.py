@@ -121,7 +121,7 @@ def stage_flag_values(flagfile: Optional[str], overrides: Sequence[str] = ()):
     """The parsed `cvm train` flags of a retrieval stage: its flagfile (None: none), then `overrides`."""
     from absl import flags
 
-    from cvm.cli import train_flags
+    from cvm.flags import train as train_flags
 
     fv = flags.FlagValues()
     train_flags.define_flags(fv)
@@ -135,7 +135,7 @@ def stage_flag_values(flagfile: Optional[str], overrides: Sequence[str] = ()):
 
 def stage_config(flagfile: str, overrides: Sequence[str] = ()):
     """The TrainConfig of a retrieval stage: its flagfile, then `overrides` (--flag=value strings)."""
-    from cvm.cli import train_flags
+    from cvm.flags import train as train_flags
 
     return train_flags.config_from_flags(stage_flag_values(flagfile, overrides))
 
@@ -179,10 +179,10 @@ class RegmiPipeline:
         return unused
 
     def check_stage_flags(self) -> None:
-        """Fail before any stage runs if a stage would not use a flag given to it (cvm.cli.flag_use): a
+        """Fail before any stage runs if a stage would not use a flag given to it (cvm.flags.use): a
         stage flagfile or --<stage>_flag flag that stage does not use, a --retrieval_flag that no
         retrieval stage uses, a --synthesis_flag that `cvm train` would refuse."""
-        from cvm.cli import flag_use
+        from cvm.flags import use as flag_use
 
         c = self.config
         shared = stage_flag_values(None, c.retrieval_flags)
@@ -203,7 +203,7 @@ class RegmiPipeline:
         if "xfork" in self.stages():
             from absl import flags
 
-            from cvm.cli import synthesis_flags, train_flags
+            from cvm.flags import synthesis as synthesis_flags, train as train_flags
 
             fv = flags.FlagValues()
             train_flags.define_flags(fv)

@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from cvm import faultinject
+from cvm import atomic, faultinject
 from cvm.errors import CvmError
 
 _NAME = re.compile(r"ckpt-(\d+)\.npz$")
@@ -81,19 +81,6 @@ def _write_npz(f, entries, halfway=None) -> None:
                 halfway()
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class CheckpointManager:
     """Saves and restores (model, optimizer, loop state) under `directory`, keeping the last few."""
 
@@ -128,30 +115,18 @@ class CheckpointManager:
             entries += [(k, np.asarray(v.numpy())) for k, v in _entries("optimizer", optimizer.variables)]
         check_finite(entries, f"checkpoint {path} not written (global step {number})")
         model_dir = os.path.dirname(os.path.normpath(self.directory))
-        tmp, json_tmp = path[:-4] + ".tmp.npz", path[:-4] + ".json.tmp"
+        json_path = path[:-4] + ".json"
+        temporaries = (atomic.temporary_name(path), atomic.temporary_name(json_path))
         previous = self.latest() if os.path.isdir(self.directory) else None
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            with open(tmp, "wb") as f:
-                _write_npz(f, entries, lambda: faultinject.kill_point("checkpoint.write", state, model_dir))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            with atomic.replacing(path) as tmp:  # makes the folder; removes the temporary on a failure
+                with open(tmp, "wb") as f:
+                    _write_npz(f, entries, lambda: faultinject.kill_point("checkpoint.write", state, model_dir))
             faultinject.kill_point("checkpoint.rename", state, model_dir)
-            with open(json_tmp, "w") as f:
-                json.dump(state, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(json_tmp, path[:-4] + ".json")
-            _fsync_dir(self.directory)
+            atomic.write_text(json_path, json.dumps(state, indent=1))
         except OSError as exc:
-            for p in (tmp, json_tmp):
-                try:
-                    os.remove(p)
-                except OSError:
-                    pass
             # Name the checkpoint (not its temporary name), or the folder that could not be made.
-            failed = exc.filename if isinstance(exc.filename, str) and exc.filename not in (tmp, json_tmp) else path
+            failed = exc.filename if isinstance(exc.filename, str) and exc.filename not in temporaries else path
             raise write_error(failed, exc, previous) from None
         faultinject.kill_point("checkpoint.prune", state, model_dir)
         self._prune(number)
@@ -168,7 +143,8 @@ class CheckpointManager:
             if p not in listed and number < newest:
                 doomed.append(p)
         doomed += glob.glob(os.path.join(self.directory, "ckpt-*.tmp.npz"))
-        doomed += glob.glob(os.path.join(self.directory, "ckpt-*.json.tmp"))
+        doomed += glob.glob(os.path.join(self.directory, "ckpt-*.tmp.json"))
+        doomed += glob.glob(os.path.join(self.directory, "ckpt-*.json.tmp"))  # the name before cvm.atomic
         for p in doomed:
             try:
                 os.remove(p)

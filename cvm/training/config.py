@@ -38,7 +38,7 @@ class ModelOption:
     """One model option as a run sees it: from the constructors of the registered models (cvm.models)."""
 
     name: str
-    kind: object  # "str", "int", "float", "bool", "size" or ("enum", choices): cvm.cli.flag_table's kinds
+    kind: object  # "str", "int", "float", "bool", "size" or ("enum", choices): cvm.flags.table's kinds
     default: object  # the run's default: the quickstart's, or the models' own when they agree, else None
     methods: tuple  # the methods whose model takes it
     help: str  # the models' docstring texts, per method where they differ
@@ -204,7 +204,7 @@ class _TrainFields(ModelDirConfig):
         """{field: why this run does not use it} for every field that has no effect on this run.
 
         A reason completes "--field has no effect: ...". The CLI refuses such a field given as a flag
-        (cvm.cli.flag_use) and a run's flags.cfg leaves these fields out.
+        (cvm.flags.use) and a run's flags.cfg leaves these fields out.
         """
         unused = {}
         takes = self.model_options()

@@ -20,13 +20,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cvm import atomic
 from cvm.data import holdout
 from cvm.data.batching import EpochPipeline
 from cvm.errors import CvmError
-from cvm.training.checkpoints import CheckpointManager
 from cvm.training.config import TrainConfig
 from cvm.training.loop import Run, build_loss
-from cvm.training.optimizers import FusedAdam
 from cvm.training.retrieval import RetrievalTrainer
 
 DUMP_KEYS = ("ground", "aerial", "synthesized")
@@ -70,11 +69,8 @@ def dump_descriptors(model, pipeline, batch_size: int, path: str, progress: bool
 
 
 def write_dump(path: str, arrays: dict, split: str, dataset: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, split=np.asarray(split), dataset=np.asarray(dataset), **arrays)
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no .npz suffix
+        np.savez(f, split=np.asarray(split), dataset=np.asarray(dataset), **arrays)
     return path
 
 
@@ -182,7 +178,11 @@ class FusionRun(Run):
       without_synthesized: the ablation's control: the synthesized-aerial half of the ground input is
         zeroed in training and validation, so any gain of the real run over this one is the
         synthesized view's, not the extra linear layer's.
+
+    The last epoch's model is kept as final/model.keras (`final_model_path`: best/ when validated).
     """
+
+    keep_final = True
 
     def __init__(self, config: TrainConfig, train_dump: str, val_dump: Optional[str] = None,
                  n_train_pairs: Optional[int] = None, holdout_seed: Optional[int] = None, strategy=None,
@@ -210,21 +210,14 @@ class FusionRun(Run):
         with self.strategy.scope():
             self.encoder = build_model("regmi_fusion", input_dim=input_dim, **config.model_kwargs())
             self.trainer = RetrievalTrainer(self.encoder, build_loss(config))
-            self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
-            self.optimizer = self.trainer.optimizer
-            self.optimizer.build(self.encoder.trainable_variables)
-        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
+            self._compile()
         self.pipeline = DescriptorPipeline(train, "train", dataset, config.seed, without_synthesized)
         self.val_pipeline = None if val is None else DescriptorPipeline(val, val_name, dataset, config.seed,
                                                                         without_synthesized)
-        self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
-        if config.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))
-        if self.steps_per_epoch < 1:
+        if self._count_steps() < 1:
             raise CvmError(f"--batch_size {config.batch_size} leaves no full batch in {len(self.pipeline.index)} "
                            "training descriptors")
         self._step_fn = self._make_step_fn()
-        self._writers = {}
 
     def validate(self, epoch: int) -> dict:
         from cvm.evaluation import evaluate
@@ -242,17 +235,3 @@ class FusionRun(Run):
                 shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items() if k.startswith("r@"))
                 print(f"validation after epoch {epoch}: {shown} (N = {raw['n_queries']})")
         return metrics
-
-    def final_model_path(self) -> str:
-        best = os.path.join(self.model_dir, "best", "model.keras")
-        return best if os.path.isfile(best) else os.path.join(self.model_dir, "final", "model.keras")
-
-    def train(self) -> dict:
-        state = super().train()
-        if self.chief:
-            final = os.path.join(self.model_dir, "final")
-            os.makedirs(final, exist_ok=True)
-            tmp = os.path.join(final, "model.tmp.keras")
-            self.encoder.save(tmp)
-            os.replace(tmp, os.path.join(final, "model.keras"))
-        return state

@@ -21,6 +21,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from cvm import atomic
+
 FILE_NAME = "jit_choice.json"
 
 
@@ -165,9 +167,4 @@ def read(model_dir: str) -> Optional[dict]:
 
 def write(model_dir: str, values: dict) -> str:
     """Write MODEL_DIR/jit_choice.json atomically (a temporary name, then rename); returns its path."""
-    path = os.path.join(model_dir, FILE_NAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(os.path.join(model_dir, FILE_NAME), values)

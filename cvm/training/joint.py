@@ -31,10 +31,8 @@ from cvm.data import images
 from cvm.data.pipeline import Pipeline, describe_failure, normalise_batch
 from cvm.data.records import read_bgr
 from cvm.errors import CvmError
-from cvm.training.checkpoints import CheckpointManager
 from cvm.training.config import TrainConfig
 from cvm.training.loop import Run, build_loss, load_splits
-from cvm.training.optimizers import FusedAdam
 from cvm.training.retrieval import RetrievalTrainer, _gather
 
 IMAGE_METHODS = ("regmi_two_stream", "regmi_joint")
@@ -210,8 +208,11 @@ class JointRun(Run):
         its rotation (False, the original).
 
     `JointRun(config, synthesized_dir=...).train()` trains or resumes; the joint settings are saved to
-    model_dir/joint.json beside config.json.
+    model_dir/joint.json beside config.json. The last epoch's model is kept as final/model.keras
+    (`final_model_path`: best/ when validated, else that one).
     """
+
+    keep_final = True
 
     def __init__(self, config: TrainConfig, synthesized_dir: Optional[str] = None, ground_weight: float = 10.0,
                  synthesized_weight: float = 1.0, synthesized_zoom: bool = True,
@@ -229,10 +230,7 @@ class JointRun(Run):
             self.encoder = build_regmi_model(config)
             self.trainer = JointTrainer(self.encoder, build_loss(config), image_spec=spec,
                                         ground_weight=ground_weight, synthesized_weight=synthesized_weight)
-            self.trainer.compile(optimizer=FusedAdam(config.lr), jit_compile=False)
-            self.optimizer = self.trainer.optimizer
-            self.optimizer.build(self.encoder.trainable_variables)
-        self.checkpoints = CheckpointManager(os.path.join(self.model_dir, "checkpoints"), config.keep_checkpoints)
+            self._compile()
 
         self.train_split, self.val_split = load_splits(config)
         faults = os.path.join(self.model_dir, "faults.txt") if self.chief else None
@@ -248,23 +246,5 @@ class JointRun(Run):
             self.val_pipeline = Pipeline(self.val_split, spec, config.eval_augment_spec(), seed=2019 + config.seed,
                                          faults=self.pipeline.faults, cache=config.cache, normalize=False)
         self._check_data()
-        self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
-        if config.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, int(config.steps_per_epoch))
+        self._count_steps()
         self._step_fn = self._make_step_fn()
-        self._writers = {}
-
-    def final_model_path(self) -> str:
-        """The model a later stage uses: best/model.keras when validated, else the last epoch's model."""
-        best = os.path.join(self.model_dir, "best", "model.keras")
-        return best if os.path.isfile(best) else os.path.join(self.model_dir, "final", "model.keras")
-
-    def train(self) -> dict:
-        state = super().train()
-        if self.chief:  # the last epoch's model too (the only one when there is no validation)
-            final = os.path.join(self.model_dir, "final")
-            os.makedirs(final, exist_ok=True)
-            tmp = os.path.join(final, "model.tmp.keras")
-            self.encoder.save(tmp)
-            os.replace(tmp, os.path.join(final, "model.keras"))
-        return state

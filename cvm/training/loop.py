@@ -1,4 +1,5 @@
-"""The retrieval training loop: epochs of compiled steps, checkpoints, resumption, validation.
+"""The retrieval trainer of a model_dir: `Run`, the retrieval step and recall validation on the epoch loop
+every trainer shares (cvm.training.epochs.EpochRun: epochs, checkpoints, resumption, keep-best).
 
 model_dir layout (design.md): config.json and flags.cfg (the resolved settings), checkpoints/
 (every epoch and every --checkpoint_every_steps steps; the newest few kept), best/ (the encoder
@@ -217,7 +218,10 @@ class Run(EpochRun):
         return {"model.keras": self.encoder}
 
     def poison_target(self):
-        return self.encoder.trainable_variables[0]
+        # The last layer's variable: a NaN there reaches the loss on every CPU. A NaN in the first conv does
+        # not always: TF's fused conv + bias + ReLU kernels in a traced step may return 0 for NaN (seen on an
+        # AMD EPYC family 26), while the eager model propagates it.
+        return self.encoder.trainable_variables[-1]
 
     def before_training(self, state: dict) -> None:
         if self._step_fn is None:  # --jit_compile unset: measured on this machine (or read back on resume)

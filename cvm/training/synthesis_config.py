@@ -1,9 +1,9 @@
 """SynthesisConfig: every setting of a cross-view synthesis GAN run, saved beside the checkpoints.
 
 Defaults are the papers' (Regmi & Borji CVPR 2018, Regmi & Shah ICCV 2019); fields left None take the
-method's value from METHOD_DEFAULTS (batch size, epochs, L1 weights, image preset), as the Torch
-scripts set them. `resolved()` returns the config with every None filled in; that is what a run
-saves (config.json, flags.cfg) and uses.
+method's value from its Torch script (`cvm.synthesis.methods.SYNTHESIS_METHODS[method].defaults`: batch
+size, epochs, L1 weights, image preset, test-time mode). `resolved()` returns the config with every None
+filled in; that is what a run saves (config.json, flags.cfg) and uses.
 """
 
 from __future__ import annotations
@@ -13,37 +13,8 @@ from typing import Optional
 
 from cvm.data.synthesis import DATASETS, SPLIT_PLACEHOLDER
 from cvm.errors import CvmError
-from cvm.training.config import PRECISIONS, ModelDirConfig
-
-# Method -> the Torch script's settings (seeds.md §3.1, §4).
-#   xfork      train_fork.lua: batch 1, niter 35, lambda 100 on the image and on the segmentation L1
-#   xseq       train_seq.lua: batch 4, niter 35, lambda 100 (G1 image L1, G2 segmentation L1), lambda_grads 0.1
-#   xpix2pix   train_pix2pix.lua: batch 8, niter 35, lambda 100
-#   xfork_pano2aerial  train_xfork_pano2aerial.lua: batch 4, niter 100, lambda1 100, lambda2 1
-#              (the _with_edgemap script: batch 16, same weights)
-#   xfork_aerial2pano  train_xfork_aerial2pano.lua: batch 4, niter 30, lambda1 100, lambda2 10
-# inference_mode: how the method's test script runs its generator. test_fork.lua, test_seq.lua and
-# test_pix2pix.lua never call netG:evaluate(): BatchNorm normalises with the statistics of the test batch
-# and dropout stays on (False); test_xfork_pano2aerial.lua / _aerial2pano.lua call it (True: moving
-# statistics, no dropout). cvm validates, picks best/ and synthesizes in that mode (--inference_mode).
-METHOD_DEFAULTS = {
-    "xfork": dict(preset="borji256", direction="a2g", batch_size=1, epochs=35, lambda_l1=100.0, lambda_seg=100.0,
-                  inference_mode=False),
-    "xseq": dict(preset="borji256", direction="a2g", batch_size=4, epochs=35, lambda_l1=100.0, lambda_seg=100.0,
-                 inference_mode=False),
-    "xpix2pix": dict(preset="borji256", direction="a2g", batch_size=8, epochs=35, lambda_l1=100.0, lambda_seg=0.0,
-                     inference_mode=False),
-    "xfork_pano2aerial": dict(preset="pano2aerial", direction="g2a", batch_size=4, epochs=100, lambda_l1=100.0,
-                              lambda_seg=1.0, inference_mode=True),
-    "xfork_aerial2pano": dict(preset="aerial2pano", direction="a2g", batch_size=4, epochs=30, lambda_l1=100.0,
-                              lambda_seg=10.0, inference_mode=True),
-}
-SYNTHESIS_METHODS = tuple(METHOD_DEFAULTS)
-
-
-def is_synthesis_method(method: Optional[str]) -> bool:
-    return method in METHOD_DEFAULTS
-
+from cvm.synthesis.methods import SYNTHESIS_METHODS, is_synthesis_method, synthesis_method
+from cvm.training.run_config import PRECISIONS, ModelDirConfig
 
 def _size(value):
     return None if value is None else tuple(int(v) for v in value)
@@ -112,9 +83,7 @@ class SynthesisConfig(ModelDirConfig):
 
     def resolved(self) -> "SynthesisConfig":
         """A copy with the method's defaults filled in for every None field that has one."""
-        if self.method not in METHOD_DEFAULTS:
-            raise CvmError(f"--method {self.method!r} is not a synthesis method; valid: {', '.join(METHOD_DEFAULTS)}")
-        defaults = METHOD_DEFAULTS[self.method]
+        defaults = synthesis_method(self.method).defaults
         changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.method == "xfork_pano2aerial" and self.edge_map and self.batch_size is None:
             changes["batch_size"] = 16  # train_xfork_pano2aerial_with_edgemap.lua
@@ -124,23 +93,23 @@ class SynthesisConfig(ModelDirConfig):
         """{field: why this run does not use it} for every field that has no effect on this run.
 
         A reason completes "--field has no effect: ...". The CLI refuses such a field given as a flag
-        (cvm.cli.flag_use) and a run's flags.cfg leaves these fields out.
+        (cvm.flags.use) and a run's flags.cfg leaves these fields out.
         """
         from cvm.data.synthesis import SYNTHESIS_PRESETS
-        from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
 
         c = self.resolved()
+        method = SYNTHESIS_METHODS[c.method]
         unused = {}
         if c.dataset == "synthetic":
             unused["root"] = "--dataset synthetic is rendered in memory and reads no files"
         else:
             for name in ("synthetic_pairs", "synthetic_seed"):
                 unused[name] = f"only --dataset synthetic uses it (this run: --dataset {c.dataset})"
-        if not ARCH[c.method].get("sequential"):
+        if not method.sequential:
             unused["lambda_grads"] = f"only X-Seq (--method xseq) feeds G2's input gradient back, not {c.method}"
-        if not ARCH[c.method]["fork"] and not ARCH[c.method].get("sequential"):
+        if not method.has_segmentation:
             unused["lambda_seg"] = f"--method {c.method} has no segmentation output"
-        if ARCH[c.method]["family"] == "borji":
+        if method.family == "borji":
             unused["fix_fork_relu"] = (f"the CVPR 2018 generators ({c.method}) have that ReLU; only the ICCV19 "
                                        "forks (xfork_pano2aerial, xfork_aerial2pano) lack it")
         preset = SYNTHESIS_PRESETS.get(c.preset)
@@ -160,10 +129,7 @@ class SynthesisConfig(ModelDirConfig):
 
     def uses_segmaps(self) -> bool:
         """Whether training reads target segmentation maps (a fork's second head, X-Seq's G2)."""
-        from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
-
-        spec = ARCH[self.resolved().method]
-        return bool(spec["fork"] or spec.get("sequential"))
+        return SYNTHESIS_METHODS[self.resolved().method].has_segmentation
 
     def validate(self) -> None:
         c = self.resolved()
@@ -246,28 +212,26 @@ class SynthesisConfig(ModelDirConfig):
 
 def _bottleneck_of(method: str, spec) -> tuple:
     """The (h, w) the method's encoder reduces the spec's input to."""
-    from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
     from cvm.models.synthesis import _bottleneck
 
     try:
-        return _bottleneck(ARCH[method]["family"], tuple(spec.input_size), tuple(spec.target_size))[0]
+        return _bottleneck(SYNTHESIS_METHODS[method].family, tuple(spec.input_size), tuple(spec.target_size))[0]
     except ValueError:
         return None  # _check_sizes says what is wrong
 
 
 def _check_sizes(method, input_size, target_size, d_layers=None) -> None:
-    from cvm.models.synthesis import SYNTHESIS_METHODS as ARCH
     from cvm.models.synthesis import _bottleneck
     from cvm.models.synthesis.generators import _log2_ratio
 
-    spec = ARCH[method]
-    bottleneck, reshape_to = _bottleneck(spec["family"], tuple(input_size), tuple(target_size))
+    spec = SYNTHESIS_METHODS[method]
+    bottleneck, reshape_to = _bottleneck(spec.family, tuple(input_size), tuple(target_size))
     for axis in (0, 1):
         _log2_ratio(input_size[axis], bottleneck[axis], "input / bottleneck")
         _log2_ratio(target_size[axis], (reshape_to or bottleneck)[axis], "target / bottleneck")
-    if spec["conditional"] and tuple(input_size) != tuple(target_size):
+    if spec.conditional and tuple(input_size) != tuple(target_size):
         raise ValueError("the conditional discriminator needs equal input and target sizes")
-    n_layers = spec["n_layers"] if d_layers is None else int(d_layers)
+    n_layers = spec.n_layers if d_layers is None else int(d_layers)
     if min(target_size) // 2 ** n_layers - 2 < 1:  # n_layers stride-2 convs, then two 4x4 convs that shrink by one
         raise ValueError(f"a {n_layers}-layer discriminator leaves no output on {tuple(target_size)} images; "
                          "lower --d_layers")

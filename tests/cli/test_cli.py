@@ -10,7 +10,7 @@ import sys
 import pytest
 from absl import flags
 
-from cvm.cli import train_flags
+from cvm.flags import train as train_flags
 from cvm.training.config import TrainConfig
 from cvm.training.loop import Run
 
@@ -89,6 +89,14 @@ def test_eval_and_export_a_trained_model_dir(tmp_path):
     assert "25" in str(results["within_radius"]["ground_to_aerial"])
     assert os.path.isfile(model_dir / "results" / "synthetic_val_grid.png")
     assert os.path.isfile(model_dir / "results" / "synthetic_val_recall.png")
+    # A limited-FoV, heading-unknown test set for a method trained on whole panoramas: worse than the full view
+    # (a 90-degree crop keeps a quarter of the panorama) or at best equal on 8 pairs.
+    limited = cvm("eval", f"--model_dir={model_dir}", "--fov_deg=90", "--unknown_orientation")
+    assert limited.returncode == 0, limited.stderr[-2000:]
+    cropped = json.load(open(model_dir / "results" / "synthetic_val_fov90_unknown_orientation.json"))
+    assert cropped["n_queries"] == 8 and "fov_deg=90" in cropped["extra"]["augment"]
+    bad = cvm("eval", f"--model_dir={model_dir}", "--fov_deg=400")
+    assert bad.returncode != 0 and "--fov_deg must be in (0, 360]" in bad.stderr
     export = cvm("export", f"--model_dir={model_dir}", f"--out={tmp_path / 'sm'}")
     assert export.returncode == 0, export.stderr[-2000:]
     assert os.path.isfile(tmp_path / "sm" / "saved_model.pb")

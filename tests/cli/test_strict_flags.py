@@ -11,7 +11,7 @@ import sys
 import pytest
 from absl import flags
 
-from cvm.cli import flag_use, synthesis_flags, train_flags
+from cvm.flags import use as flag_use, synthesis as synthesis_flags, train as train_flags
 from cvm.errors import CvmError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,7 +135,7 @@ def test_several_flags_from_a_flagfile_are_named_together(tmp_path):
     ["--method=xseq", "--val_split=val"]])
 def test_flags_cfg_is_a_valid_flagfile_of_the_same_run(tmp_path, argv):
     """MODEL_DIR/flags.cfg writes only what the run uses, so `cvm train --flagfile flags.cfg` reruns it."""
-    from cvm.training.synthesis_config import is_synthesis_method
+    from cvm.synthesis.methods import is_synthesis_method
 
     fv = train_flag_values(*argv)
     flag_use.check_train(fv)

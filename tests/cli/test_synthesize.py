@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cvm.errors import CvmError
-from cvm.training.gan import SynthesisRun, load_generators, synthesize
+from cvm.synthesis.inference import load_generators, synthesize
+from cvm.training.gan import SynthesisRun
 from cvm.training.synthesis_config import SynthesisConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,7 +34,8 @@ def test_every_sample_is_written_and_a_rerun_only_fills_the_gaps(model_dir, tmp_
     first = synthesize(model_dir, out, split="val", batch_size=2, progress=False)
     names = sorted(os.listdir(out))
     assert first["samples"] == 7 and first["written"] == 7 and first["existing"] == 0
-    assert names == sorted(f for f in names if f.endswith(".jpg")) and len(names) == 7  # no temp files left
+    assert names == sorted(f for f in names if f.endswith(".jpg")) and len(names) == 7
+    assert not [f for f in names if ".tmp" in f]  # no temp files left (cvm.atomic: NAME.tmp.jpg)
     assert all(cv2.imread(os.path.join(out, n)).shape == (64, 64, 3) for n in names)
     # Outputs are the generator in inference mode (BN moving statistics, no dropout): deterministic.
     _, generators, _ = load_generators(model_dir)

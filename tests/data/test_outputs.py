@@ -67,15 +67,15 @@ def test_synthesize_refuses_an_output_name_out_of_its_folder(tmp_path, monkeypat
     from types import SimpleNamespace
 
     from cvm.data.synthesis import SynthesisSample, SynthesisSplit
-    from cvm.training import gan
+    from cvm.synthesis import inference
 
     samples = [SynthesisSample(id=i, input_path=f"/in/{i}", target_path=f"/t/{i}", target_seg_path=None,
                                out_name=f"{i}.jpg") for i in ("0001", "../../escape")]
     split = SynthesisSplit("dayton", "val", str(tmp_path), "a2g", samples, source="")
-    monkeypatch.setattr(gan, "load_generators", lambda model_dir, checkpoint: (SimpleNamespace(dataset="dayton", inference_mode=True, eval_batch_size=2),
+    monkeypatch.setattr(inference, "load_generators", lambda model_dir, checkpoint: (SimpleNamespace(dataset="dayton", inference_mode=True, eval_batch_size=2),
                                                                                  {}, "test"))
-    monkeypatch.setattr(gan, "load_split", lambda *args, **kwargs: split)
+    monkeypatch.setattr(inference, "load_split", lambda *args, **kwargs: split)
     out = tmp_path / "generated"
     with pytest.raises(CvmError, match=r"dayton val row 2 \(id '../../escape'\): output name '../../escape.jpg'"):
-        gan.synthesize(str(tmp_path / "run"), str(out), split="val", progress=False)
+        inference.synthesize(str(tmp_path / "run"), str(out), split="val", progress=False)
     assert not out.exists()

@@ -38,29 +38,94 @@ def batches(ds):
     return [({k: v.numpy() for k, v in images.items()}, {k: v.numpy() for k, v in meta.items()}) for images, meta in ds]
 
 
-def test_torch_scale_matches_area_average_and_aligned_linear_interpolation():
-    rng = np.random.default_rng(0)
-    image = rng.random((40, 90, 3)).astype(np.float32)
-    # Shrinking is an exact box filter: the same as cv2.INTER_AREA (an independent implementation).
-    np.testing.assert_allclose(torch_scale(image, (16, 50)), cv2.resize(image, (50, 16), interpolation=cv2.INTER_AREA),
-                               atol=1e-5)
-    # Enlarging interpolates linearly with the corner samples aligned: out[i] at source i (n - 1) / (m - 1).
-    small = rng.random((3, 4)).astype(np.float32)
-    out = torch_scale(small, (5, 7))
-    rows, cols = np.arange(5) * 2 / 4, np.arange(7) * 3 / 6
-    expected = np.array([[np.interp(c, np.arange(4), np.array([np.interp(r, np.arange(3), small[:, k])
-                                                                for k in range(4)])) for c in cols] for r in rows])
-    np.testing.assert_allclose(out, expected, atol=1e-6)
-    assert out[0, 0] == small[0, 0] and out[-1, -1] == small[-1, -1]
-    # Mixed: width shrinks, height grows (the CVUSA panorama 1232x224 -> 1024x256).
-    pano = rng.random((22, 123, 3)).astype(np.float32)
-    mixed = torch_scale(pano, (25, 100))
-    np.testing.assert_allclose(mixed, torch_scale(torch_scale(pano, (22, 100)), (25, 100)), atol=1e-6)
-    # uint8 input rounds like Torch byte tensors and stays uint8.
-    grey = rng.integers(0, 256, (10, 30), dtype=np.uint8)
-    scaled = torch_scale(grey, (10, 15))
-    assert scaled.dtype == np.uint8
-    np.testing.assert_array_equal(scaled, np.floor((grey[:, 0::2].astype(float) + grey[:, 1::2]) / 2 + 0.5))
+def lua_rowcol(src: np.ndarray, dst_len: int, byte: bool) -> np.ndarray:
+    """image_(Main_scaleLinear_rowcol) of torch/image generic/image.c, transliterated loop by loop in
+    float32 (the C `float` locals), one destination index at a time; vectorised only over the other
+    axes (every row / column the C loops over gets the same weights). src: float32 [src_len, ...]."""
+    f32 = np.float32
+
+    def from_intermediate(v):  # image_(FromIntermediate): byte tensors get x + 0.5, saturated, truncated
+        return np.trunc(np.clip(v + f32(0.5), 0, 255)) if byte else v
+
+    src_len = src.shape[0]
+    dst = np.empty((dst_len,) + src.shape[1:], np.float32)
+    if dst_len > src_len:
+        scale = f32(src_len - 1) / f32(dst_len - 1)
+        for di in range(dst_len - 1):
+            if src_len == 1:
+                dst[di] = src[0]
+                continue
+            si_f = f32(di) * scale
+            si_i = int(si_f)
+            si_f = si_f - f32(si_i)
+            dst[di] = from_intermediate((f32(1) - si_f) * src[si_i] + si_f * src[si_i + 1])
+        dst[dst_len - 1] = src[src_len - 1]
+    elif dst_len < src_len:
+        scale = f32(src_len) / f32(dst_len)
+        si0_i, si0_f = 0, f32(0)
+        for di in range(dst_len):
+            si1_f = f32(di + 1) * scale
+            si1_i = int(si1_f)
+            si1_f = si1_f - f32(si1_i)
+            acc = (f32(1) - si0_f) * src[si0_i]
+            n = f32(1) - si0_f
+            for si in range(si0_i + 1, si1_i):
+                acc = acc + src[si]
+                n = n + f32(1)
+            if si1_i < src_len:
+                acc = acc + si1_f * src[si1_i]
+                n = n + si1_f
+            dst[di] = from_intermediate(acc / n)
+            si0_i, si0_f = si1_i, si1_f
+    else:
+        dst[:] = src
+    return dst
+
+
+def lua_image_scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`image.scale(src, width, height)` (default mode "bilinear" -> image_(Main_scaleBilinear)) on an HxW[xC]
+    array: rows first into a temporary of the source's type (a byte image is rounded there too), then
+    columns. Note the Lua argument order, width before height: the loaders call
+    `image.scale(ground_image, 1024, 256)` for a 256-high panorama (cvm: torch_scale(x, (256, 1024)))."""
+    byte = image.dtype == np.uint8
+    x = image.astype(np.float32)
+    tmp = np.moveaxis(lua_rowcol(np.moveaxis(x, 1, 0), width, byte), 0, 1)
+    out = lua_rowcol(tmp, height, byte)
+    return out.astype(np.uint8) if byte else out
+
+
+# (H, W) -> (H', W'): the originals' calls (CVPR18 loadSize 286, ICCV19 1232x224 panorama -> 1024x256, 750 aerial
+# -> 512), a non-integer shrink (354 -> 286), mixed up/down, 1-pixel sides, ratios where cv2.INTER_AREA is off.
+SCALE_CASES = [((256, 256), (286, 286)), ((224, 1232), (256, 1024)), ((750, 750), (512, 512)), ((354, 354), (286, 286)),
+               ((3, 4), (5, 7)), ((40, 90), (16, 50)), ((22, 123), (25, 100)), ((64, 64), (13, 7)),
+               ((30, 30), (30, 31)), ((1, 5), (4, 9)), ((17, 1), (3, 6)), ((2, 1001), (3, 1000)),
+               ((5, 2000), (4, 1999))]
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_torch_scale_is_torch_image_scale(channels):
+    rng = np.random.default_rng(0 if channels else 1)
+    cases = SCALE_CASES + [(tuple(rng.integers(1, 60, 2)), tuple(rng.integers(1, 80, 2))) for _ in range(20)]
+    for (h, w), (oh, ow) in cases:
+        shape = (h, w) if channels is None else (h, w, channels)
+        image = rng.uniform(-1, 1, shape).astype(np.float32)
+        got = torch_scale(image, (oh, ow))
+        assert got.dtype == np.float32 and got.shape == (oh, ow) + shape[2:]
+        # The reference is the C float32 arithmetic; another exact evaluation order (float64, a cumulative
+        # sum) differs by a few float32 ulps of values <= 1, i.e. < 1e-6. Wrong variants are far outside:
+        # half-pixel centres or cv2.INTER_LINEAR (~1e-1), cv2.INTER_AREA for shrinking (9e-4 at 1001 -> 1000).
+        np.testing.assert_allclose(got, lua_image_scale(image, ow, oh), rtol=0, atol=1e-6, err_msg=f"{shape}->{oh, ow}")
+        # Byte images: each pass rounds (x + 0.5, truncated) into a byte tensor. The same float32 operations
+        # give the same bytes, ties included (a float64 evaluation rounds ~0.2% of pixels the other way).
+        grey = rng.integers(0, 256, shape, dtype=np.uint8)
+        scaled = torch_scale(grey, (oh, ow))
+        assert scaled.dtype == np.uint8
+        np.testing.assert_array_equal(scaled, lua_image_scale(grey, ow, oh), err_msg=f"{shape}->{oh, ow}")
+    # The reference itself on hand-checkable cases: 2 -> 3 linear with aligned ends; 4 -> 2 and 3 -> 2 box means.
+    np.testing.assert_allclose(lua_image_scale(np.array([[0.0, 1.0]], np.float32), 3, 1), [[0.0, 0.5, 1.0]])
+    np.testing.assert_allclose(lua_image_scale(np.array([[1.0, 3.0, 5.0, 7.0]], np.float32), 2, 1), [[2.0, 6.0]])
+    np.testing.assert_allclose(lua_image_scale(np.array([[3.0, 6.0, 9.0]], np.float32), 2, 1), [[4.0, 8.0]], atol=1e-6)
+    assert lua_image_scale(np.array([[10, 11]], np.uint8), 1, 1)[0, 0] == 11  # 10.5 rounds half up
 
 
 def test_unit_range_round_trip_and_presets():

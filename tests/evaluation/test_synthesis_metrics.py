@@ -1,4 +1,5 @@
-"""Synthesis metrics against known values and independent references; classifier agreement; the CLI."""
+"""Synthesis metrics against known values and independent references; classifier agreement with a
+hand-built classifier whose expected top-1 / top-5 fractions are known by construction; the CLI."""
 
 import json
 import math
@@ -146,7 +147,7 @@ def test_classifier_input_is_torchvision_scale_crop_normalise():
     assert classifier_input(rng.integers(0, 256, (64, 256, 3), dtype=np.uint8), (32, 32), "unit").shape == (32, 32, 3)
 
 
-def test_random_classifier_agreement(classifier_path):
+def test_saved_classifier_loads_and_gives_distributions(classifier_path):
     from cvm.evaluation.synthesis import load_classifier
 
     model = load_classifier(classifier_path)
@@ -154,11 +155,120 @@ def test_random_classifier_agreement(classifier_path):
     probs = classify(model, a, batch_size=4)
     assert probs.shape == (6, 7)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    same = classification_agreement(probs, classify(model, a))
-    assert same["top1"] == same["top5"] == 1.0
-    assert kl_score(probs, probs)["kl_score"] == 1.0
     with pytest.raises(CvmError, match="classifier not found"):
         load_classifier(classifier_path + ".missing")
+
+
+# --- agreement with a hand-built classifier: the expected fractions are known by construction ----------------
+#
+# The classifier sees the mean colour of the image and scores class k by -ALPHA (r - r_k)^2, r the ImageNet-
+# normalised red value and r_k that of the red level 40 + 10 k (16 classes). Uniform images with red level
+# 40 + 10 k + offset then rank the classes by distance to their level. A generated image of class g at offset 3
+# ranks g, g+1, g-1, g+2, g-2, g+3, g-3, ... (distances 3, 7, 13, 17, 23, 27, 33), classes outside 0..15 left
+# out. Red varies, green and blue are 100: an image read without the BGR -> RGB swap scores every class alike.
+N_CLASSES, LEVEL0, STEP, GEN_OFFSET = 16, 40, 10, 3
+UNIT = 1.0 / (255 * 0.229)  # one red level in the normalised units (torchvision's red std)
+ALPHA = 0.01 / UNIT ** 2  # logit gap a * (d1^2 - d2^2), a = 0.01 per squared level: see CONFIDENT below
+# (real class, real offset, generated class, position of the real class in the generated ranking).
+AGREEMENT_CASES = [
+    (7, 1, 7, 0), (7, 4, 7, 0), (15, 1, 15, 0),
+    (5, 1, 4, 1),  # 4, 5
+    (5, 4, 6, 2),  # 6, 7, 5
+    (9, 1, 7, 3),  # 7, 8, 6, 9
+    (9, 4, 11, 4),  # 11, 12, 10, 13, 9
+    (0, 1, 2, 4),  # 2, 3, 1, 4, 0
+    (8, 1, 5, 5),  # 5, 6, 4, 7, 3, 8: not in the top 5
+    (8, 4, 11, 6),  # 11, 12, 10, 13, 9, 14, 8
+    (0, 1, 3, 6),  # 3, 4, 2, 5, 1, 6, 0; yet 3 is in the real image's top 5 (0, 1, 2, 3, 4): the roles matter
+    (10, 1, 4, 10),  # 4, 5, 3, 6, 2, 7, 1, 8, 0, 9, 10: far away
+]
+# Offset 1: p(top 1) = 1 / (1 + e^-0.8 + e^-1.2 + ...) = 0.56 inside the range (more at the ends) > 0.5;
+# offset 4 (only used inside the range): 1 / (1 + e^-0.2 + e^-1.8 + e^-2.4 + ...) = 0.48 < 0.5.
+CONFIDENT = [offset == 1 for _, offset, _, _ in AGREEMENT_CASES]
+
+
+def uniform_bgr(level, shape=(40, 44)):
+    image = np.full((*shape, 3), 100, np.uint8)
+    image[..., 2] = level
+    return image
+
+
+def hand_classifier():
+    """GlobalAveragePooling + Dense(softmax) scoring -ALPHA ((r - r_k)^2 - (r - c)^2), c the middle class (the
+    subtracted term is the same for every class, so the softmax is that of -ALPHA (r - r_k)^2 with logits of
+    moderate size), from (r - c): logits = 2 ALPHA (r_k - c) (r - c) - ALPHA (r_k - c)^2."""
+    import keras
+
+    centres = (LEVEL0 + STEP * np.arange(N_CLASSES)) / 255.0
+    r_k = (centres - 0.485) / 0.229
+    c = r_k.mean()
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(N_CLASSES, activation="softmax")
+    model = keras.Model(inputs, dense(x))
+    kernel = np.zeros((3, N_CLASSES), np.float32)
+    kernel[0] = 2 * ALPHA * (r_k - c)  # the red channel of the RGB input
+    dense.set_weights([kernel, (-2 * ALPHA * (r_k - c) * c - ALPHA * (r_k - c) ** 2).astype(np.float32)])
+    return model
+
+
+def reference_probabilities(levels):
+    """Softmax over classes of -ALPHA (r - r_k)^2 from the red levels, in float64."""
+    r = (np.asarray(levels, np.float64)[:, None] / 255.0 - 0.485) / 0.229
+    r_k = ((LEVEL0 + STEP * np.arange(N_CLASSES)) / 255.0 - 0.485) / 0.229
+    logits = -ALPHA * (r - r_k[None]) ** 2
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def agreement_images():
+    real = [uniform_bgr(LEVEL0 + STEP * j + offset) for j, offset, _, _ in AGREEMENT_CASES]
+    generated = [uniform_bgr(LEVEL0 + STEP * g + GEN_OFFSET) for _, _, g, _ in AGREEMENT_CASES]
+    return real, generated
+
+
+def test_agreement_of_a_hand_built_classifier_is_the_constructed_fraction():
+    model = hand_classifier()
+    real, generated = agreement_images()
+    p_real, p_gen = classify(model, real, batch_size=5), classify(model, generated, batch_size=5)
+    # The Keras softmax in float32 of logits up to ~60: absolute errors ~1e-5 at most; the construction's
+    # margins (confidence 0.48 / 0.56, logit gaps >= 0.4) are far larger.
+    real_levels = [LEVEL0 + STEP * j + offset for j, offset, _, _ in AGREEMENT_CASES]
+    np.testing.assert_allclose(p_real, reference_probabilities(real_levels), atol=1e-4)
+    np.testing.assert_allclose(p_gen, reference_probabilities([LEVEL0 + STEP * g + GEN_OFFSET
+                                                                for _, _, g, _ in AGREEMENT_CASES]), atol=1e-4)
+    # The construction holds: each real image's top class, its position in the generated ranking, confidence.
+    real_class = np.array([j for j, _, _, _ in AGREEMENT_CASES])
+    positions = np.array([p for _, _, _, p in AGREEMENT_CASES])
+    np.testing.assert_array_equal(np.argmax(p_real, axis=1), real_class)
+    ranking = np.argsort(-p_gen, axis=1)
+    np.testing.assert_array_equal(np.argmax(ranking == real_class[:, None], axis=1), positions)
+    np.testing.assert_array_equal(p_real.max(axis=1) > 0.5, CONFIDENT)
+
+    got = classification_agreement(p_real, p_gen)
+    confident = np.array(CONFIDENT)
+    expected = {"top1": 3 / 12, "top5": 8 / 12, "top1_count": 3, "top5_count": 8, "n": 12, "n_confident": 8,
+                "top1_confident": 2 / 8, "top5_confident": 5 / 8}
+    # ... and the same from the positions, the numpy reference of compute_accuracies.py's two counters.
+    assert expected["top1"] == np.mean(positions == 0) and expected["top5"] == np.mean(positions < 5)
+    assert expected["top1_confident"] == np.mean(positions[confident] == 0)
+    assert expected["top5_confident"] == np.mean(positions[confident] < 5)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+    # A stricter threshold keeps only the end classes (0.68 and 0.76): cases 3 (class 15) and 8, 11 (class 0).
+    strict = classification_agreement(p_real, p_gen, confidence=0.6)
+    assert (strict["n_confident"], strict["top1_confident"], strict["top5_confident"]) == (3, 1 / 3, 2 / 3)
+
+
+def test_evaluate_synthesis_reports_the_constructed_agreement(tmp_path):
+    real, generated = agreement_images()
+    names = [f"{i:07d}.png" for i in range(1, len(real) + 1)]
+    write_folder(str(tmp_path / "real"), real, names)
+    write_folder(str(tmp_path / "generated"), generated, names)
+    m = evaluate_synthesis(str(tmp_path / "generated"), str(tmp_path / "real"), hand_classifier(),
+                           batch_size=4)["metrics"]
+    assert (m["top1"], m["top5"]) == (pytest.approx(3 / 12), pytest.approx(8 / 12))
+    assert (m["top1_confident"], m["top5_confident"]) == (pytest.approx(2 / 8), pytest.approx(5 / 8))
 
 
 def write_folder(folder, imgs, names):

@@ -32,3 +32,15 @@ def test_exported_polar_model_matches_keras_on_the_pipeline_input(tmp_path):
     expected = model.encode_aerial(normalise(polar, spec), training=False).numpy()
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(loaded.aerial(aerials).numpy(), expected, atol=1e-5)
+
+
+def test_regmi_two_stream_exports_to_a_savedmodel(tmp_path):
+    """Its encoder's dropouts are tracked under string keys (a dict keyed by ints cannot be saved)."""
+    spec = ImageSpec(ground_size=(32, 128), aerial_size=(64, 64))
+    model = build_model("regmi_two_stream", backbone_width=0.0625, output_dim=8, keep_prob=0.5,
+                        ground_size=spec.ground_size, aerial_size=spec.aerial_size)
+    export_savedmodel(model, spec, str(tmp_path / "sm"), input_order="bgr")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    expected = model.encode_aerial(normalise(images, spec), training=False).numpy()
+    np.testing.assert_allclose(loaded.aerial(images).numpy(), expected, atol=1e-5)

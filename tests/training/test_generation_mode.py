@@ -195,7 +195,8 @@ def xfork_dir(tmp_path_factory):
 def test_synthesize_writes_batch_statistics_images_by_default_and_moving_statistics_ones_on_request(xfork_dir,
                                                                                                     tmp_path):
     from cvm.data.synthesis import SynthesisPipeline, to_uint8_bgr
-    from cvm.training.gan import load_generators, load_split, synthesize
+    from cvm.synthesis.inference import load_generators, synthesize
+    from cvm.training.gan import load_split
 
     config, generators, _ = load_generators(xfork_dir)
     g = generators["g"]

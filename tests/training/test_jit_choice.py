@@ -281,7 +281,7 @@ def test_a_resumed_run_reads_jit_choice_json_and_does_not_measure(tmp_path, monk
 
 
 def flag_values(*argv):
-    from cvm.cli import synthesis_flags, train_flags
+    from cvm.flags import synthesis as synthesis_flags, train as train_flags
 
     fv = flags.FlagValues()
     train_flags.define_flags(fv)
@@ -293,7 +293,7 @@ def flag_values(*argv):
 @pytest.mark.parametrize("argv, expected", [((), None), (("--jit_compile",), True), (("--nojit_compile",), False),
                                             (("--jit_compile=false",), False)])
 def test_the_flag_is_tri_state_and_flags_cfg_reruns_it(tmp_path, argv, expected):
-    from cvm.cli import synthesis_flags, train_flags
+    from cvm.flags import synthesis as synthesis_flags, train as train_flags
 
     config = train_flags.config_from_flags(flag_values(*argv))
     assert config.jit_compile is expected
@@ -313,7 +313,7 @@ def test_the_flag_is_tri_state_and_flags_cfg_reruns_it(tmp_path, argv, expected)
 
 
 def test_the_help_says_what_the_default_does():
-    from cvm.cli import train_flags
+    from cvm.flags import train as train_flags
 
     text = train_flags.help_texts()["jit_compile"]
     assert "Neither (the default): time both" in text and "jit_choice.json" in text

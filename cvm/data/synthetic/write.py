@@ -39,7 +39,7 @@ from cvm.data.synthetic.render import render_aerial, render_panorama
 from cvm.data.synthetic.world import World, world_size_for
 from cvm.errors import CvmError
 
-LAYOUTS = ("cvusa", "cvact")
+LAYOUTS = ("cvusa", "cvact", "vigor")  # vigor: cvm.data.synthetic.vigor_layout
 JPEG_QUALITY = 95
 # Fixed offset that makes world metres look like UTM zone 55 coordinates around Canberra.
 UTM_OFFSET = (690000.0, 6090000.0)
@@ -131,6 +131,15 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
     layout = str(layout).lower()
     if layout not in LAYOUTS:
         raise CvmError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "vigor":  # four cities of half-overlapping tiles (pairs / 4 panoramas each; val = the test lists)
+        from cvm.data.synthetic.vigor_layout import write_vigor_dataset
+
+        if segmaps:
+            raise CvmError("segmentation maps are written in the cvusa layout only (got layout 'vigor')")
+        summary = write_vigor_dataset(out_dir, panoramas_per_city=max(2, int(pairs) // 4), seed=seed,
+                                      progress=progress, workers=workers)
+        n = sum(c["panoramas"] for c in summary["cities"].values())
+        return {**summary, "layout": "vigor", "pairs": n, "train": n - n // 2, "val": n // 2, "segmaps": False}
     segmaps = (layout == "cvusa") if segmaps is None else bool(segmaps)
     if segmaps and layout != "cvusa":
         raise CvmError(f"segmentation maps are written in the cvusa layout only (got layout {layout!r})")

@@ -1,15 +1,8 @@
 """Cross-view synthesis GANs: the X-Fork / X-Seq / X-Pix2pix family and the CVUSA pano<->aerial fork.
 
 `build_synthesis_networks(method, ...)` returns the generator(s) and discriminator(s) of a method,
-built, in the roles the trainer (`cvm.training.gan`) uses:
-
-| method            | paper   | generators                           | discriminators                     |
-|-------------------|---------|--------------------------------------|------------------------------------|
-| xfork             | CVPR18  | g: image + segmentation heads        | d: conditional, n_layers 3 (70x70) |
-| xseq              | CVPR18  | g1: image; g2: image -> segmentation | d1 on (A, B); d2 on (fake B, Bs)   |
-| xpix2pix          | CVPR18  | g: image                             | d: conditional, n_layers 3         |
-| xfork_pano2aerial | ICCV19  | g: 2x8 -> 4x4 bottleneck, two heads  | d: unconditional, n_layers 4 (142) |
-| xfork_aerial2pano | ICCV19  | g: 4x4 -> 2x8 bottleneck, two heads  | d: unconditional, n_layers 4       |
+built, in the roles the trainer (`cvm.training.gan`) uses. The methods and what their networks look
+like (fork, conditional D, depth, the X-Seq pair) are the one table `cvm.synthesis.methods.SYNTHESIS_METHODS`.
 
 CVPR18: Regmi & Borji (https://arxiv.org/abs/1803.03396); ICCV19: Regmi & Shah (https://arxiv.org/abs/1904.11045).
 
@@ -24,19 +17,11 @@ from __future__ import annotations
 
 from cvm.models.synthesis.discriminators import PatchDiscriminator
 from cvm.models.synthesis.generators import BN_EPSILON, BN_MOMENTUM, EncoderDecoderGenerator
-
-# method -> what the networks look like (see the table above).
-SYNTHESIS_METHODS = {
-    "xfork": dict(family="borji", fork=True, conditional=True, n_layers=3),
-    "xseq": dict(family="borji", fork=False, conditional=True, n_layers=3, sequential=True),
-    "xpix2pix": dict(family="borji", fork=False, conditional=True, n_layers=3),
-    "xfork_pano2aerial": dict(family="pano2aerial", fork=True, conditional=False, n_layers=4),
-    "xfork_aerial2pano": dict(family="aerial2pano", fork=True, conditional=False, n_layers=4),
-}
+from cvm.synthesis.methods import SYNTHESIS_METHODS
 
 
 def _bottleneck(family: str, input_size, target_size):
-    """(encoder bottleneck, reshaped bottleneck or None) of a family at the given sizes."""
+    """(encoder bottleneck, reshaped bottleneck or None) of a family (SynthesisMethod.family) at the given sizes."""
     h, w = input_size
     if family == "borji":  # down to 1x1 (256 -> 8 layers), no reshape
         return (1, 1), None
@@ -58,7 +43,7 @@ def build_synthesis_networks(method: str, input_size=(256, 256), target_size=(25
     """The built generators and discriminators of `method` (see the module table).
 
     Args:
-      method: one of SYNTHESIS_METHODS.
+      method: one of SYNTHESIS_METHODS (cvm.synthesis.methods).
       input_size, target_size: (H, W) of the generator input and of the generated image(s).
       input_channels: 3, or 4 with the edge-map channel.
       ngf, ndf: widths of the first generator / discriminator layer (64 in the papers).
@@ -72,7 +57,7 @@ def build_synthesis_networks(method: str, input_size=(256, 256), target_size=(25
     """
     if method not in SYNTHESIS_METHODS:
         raise ValueError(f"unknown synthesis method {method!r}; valid: {', '.join(SYNTHESIS_METHODS)}")
-    spec = dict(SYNTHESIS_METHODS[method])
+    spec = SYNTHESIS_METHODS[method].architecture()
     input_size, target_size = tuple(input_size), tuple(target_size)
     bottleneck, reshape_to = _bottleneck(spec["family"], input_size, target_size)
     if fork_relu is None:
@@ -81,7 +66,7 @@ def build_synthesis_networks(method: str, input_size=(256, 256), target_size=(25
     common = dict(ngf=ngf, dropout=dropout, edge_bias=edge_bias)
     heads = ("image", "segmentation") if spec["fork"] else ("image",)
     generators = {}
-    role = "g1" if spec.get("sequential") else "g"
+    role = "g1" if spec["sequential"] else "g"
     generators[role] = EncoderDecoderGenerator(
         input_size=input_size, input_channels=input_channels, target_size=target_size, bottleneck_size=bottleneck,
         reshape_to=reshape_to, heads=heads, fork_relu=fork_relu, name=f"generator_{role}", **common)
@@ -90,10 +75,10 @@ def build_synthesis_networks(method: str, input_size=(256, 256), target_size=(25
         raise ValueError(f"a conditional discriminator needs equal input and target sizes, got {input_size} and "
                          f"{target_size}")
     discriminators = {}
-    d_role = "d1" if spec.get("sequential") else "d"
+    d_role = "d1" if spec["sequential"] else "d"
     discriminators[d_role] = PatchDiscriminator(input_size=target_size, input_channels=condition + 3, ndf=ndf,
                                                 n_layers=n_layers, edge_bias=edge_bias, name=f"discriminator_{d_role}")
-    if spec.get("sequential"):
+    if spec["sequential"]:
         # X-Seq: G2 maps the generated image to the segmentation map; D2 judges (fake B, Bs) pairs.
         generators["g2"] = EncoderDecoderGenerator(
             input_size=target_size, input_channels=3, target_size=target_size, bottleneck_size=(1, 1),

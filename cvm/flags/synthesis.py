@@ -1,7 +1,7 @@
 """The flags of a synthesis GAN run (`cvm train --method xfork|xseq|xpix2pix|xfork_pano2aerial|xfork_aerial2pano`).
 
 absl defines every flag up-front, so `cvm train` carries both sets: the shared ones of
-`cvm.cli.train_flags` (method, dataset, root, model_dir, batch_size, lr, epochs, precision, seed, ...)
+`cvm.flags.train` (method, dataset, root, model_dir, batch_size, lr, epochs, precision, seed, ...)
 keep their meaning, and the synthesis-only ones are defined here. The shared flags' defaults are the
 retrieval quickstart's, so a synthesis run takes a shared flag's value only when it was given
 (`FLAGS[name].present`, which flagfiles set too) and SynthesisConfig's default otherwise.
@@ -13,7 +13,7 @@ import dataclasses
 
 from absl import flags
 
-from cvm.cli import flag_table, train_flags
+from cvm.flags import table as flag_table, train as train_flags
 from cvm.training.synthesis_config import SynthesisConfig
 
 _DEFAULTS = SynthesisConfig()

@@ -70,8 +70,8 @@ def check_model_dir_verb(flag_values, argv, config_class, modules: Iterable[str]
 def train_unused(flag_values) -> tuple:
     """({flag: reason}, subject) of `cvm train`'s flags for the parsed --method: the flags of the other
     method family and the fields the method's config does not use."""
-    from cvm.cli import synthesis_flags, train_flags
-    from cvm.training.synthesis_config import is_synthesis_method
+    from cvm.flags import synthesis as synthesis_flags, train as train_flags
+    from cvm.synthesis.methods import is_synthesis_method
 
     method = flag_values.method
     if is_synthesis_method(method):
@@ -91,7 +91,7 @@ def train_unused(flag_values) -> tuple:
 
 def check_train(flag_values, context: str = "") -> None:
     """`check` for a FlagValues holding `cvm train`'s flags (train_flags and synthesis_flags)."""
-    from cvm.cli import synthesis_flags, train_flags
+    from cvm.flags import synthesis as synthesis_flags, train as train_flags
 
     unused, subject = train_unused(flag_values)
     takes = [name for name in (*train_flags.FIELDS, *synthesis_flags.FIELDS) if name not in unused]

@@ -6,7 +6,7 @@ import dataclasses
 
 from absl import flags
 
-from cvm.cli import flag_table
+from cvm.flags import table as flag_table
 from cvm.data import registry
 from cvm.training.config import TrainConfig, model_option_table
 
@@ -116,7 +116,8 @@ def help_texts() -> dict:
     "(default: ...)" is the retrieval one); a retrieval-only flag says so, and a model option names the
     methods whose builders take it (cvm.models.builder_options).
     """
-    from cvm.training.synthesis_config import METHOD_DEFAULTS, SynthesisConfig
+    from cvm.synthesis.methods import SYNTHESIS_METHODS
+    from cvm.training.synthesis_config import SynthesisConfig
 
     synthesis = {f.name: f.default for f in dataclasses.fields(SynthesisConfig)}
     texts = {}
@@ -125,9 +126,9 @@ def help_texts() -> dict:
             texts[name] = text
         elif name in synthesis:
             retrieval, other = getattr(_DEFAULTS, name), synthesis[name]
-            if other is None and any(name in d for d in METHOD_DEFAULTS.values()):
+            if other is None and any(name in m.defaults for m in SYNTHESIS_METHODS.values()):
                 per_method = []
-                for method in METHOD_DEFAULTS:
+                for method in SYNTHESIS_METHODS:
                     value = getattr(SynthesisConfig(method=method).resolved(), name)
                     edges = getattr(SynthesisConfig(method=method, edge_map=True).resolved(), name)
                     extra = f" ({_default_text(edges)} with --edge_map)" if edges != value else ""
@@ -167,7 +168,7 @@ def flagfile_text(config: TrainConfig) -> str:
     """The config as a flagfile (`cvm train --flagfile model_dir/flags.cfg` reruns it)."""
     # None str/size fields are written `--name=`; None ints/floats are the defaults (no cap, no
     # mask), so leaving them out keeps them. Fields the run does not use are left out: given as
-    # flags they would be refused (cvm.cli.flag_use), and their defaults are what the run holds.
+    # flags they would be refused (cvm.flags.use), and their defaults are what the run holds.
     unused = config.unused_fields()
     return flag_table.flagfile_text((name, kind, getattr(config, name), True)
                                     for name, (kind, _) in FIELDS.items() if name not in unused)

@@ -1,0 +1,128 @@
+"""The FAISS index of a gallery: exact inner product, or HNSW / IVF-PQ above a size (or by choice).
+
+Descriptors are unit rows, so inner product is cosine similarity. `auto` keeps exact search up to
+EXACT_MAX vectors (a flat scan of 10^5 x 1024 floats takes ~10 ms a query on one core), HNSW up to
+HNSW_MAX (memory: the vectors plus ~2 M ids each), IVF-PQ beyond (compressed codes). Vectors are added
+shard by shard; the recall@10 of an approximate index against exact search is measured at build on
+noisy copies of gallery vectors, the exact top-10 computed by a streaming scan of the shards (O(shard)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from cvm.errors import CvmError
+
+KINDS = ("auto", "exact", "hnsw", "ivfpq")
+EXACT_MAX = 100_000
+HNSW_MAX = 5_000_000
+
+
+def choose(kind: str, n: int) -> str:
+    if kind not in KINDS:
+        raise CvmError(f"--index must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind != "auto":
+        return kind
+    return "exact" if n <= EXACT_MAX else "hnsw" if n <= HNSW_MAX else "ivfpq"
+
+
+def default_params(kind: str, n: int, d: int) -> dict:
+    if kind == "hnsw":
+        return {"M": 32, "efConstruction": 200, "efSearch": 128}
+    if kind == "ivfpq":
+        nlist = int(min(max(16, 4 * math.sqrt(max(n, 1))), 65536, max(1, n // 39)))
+        m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if d % m == 0 and d // m >= 4 or m == 1)  # >= 4 dims per code
+        return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": min(nlist, 32)}
+    return {}
+
+
+def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]], params: Optional[dict] = None):
+    """(faiss index, params) with every vector of `shards()` (an iterable of [b, d] float32) added in order."""
+    import faiss
+
+    params = dict(default_params(kind, n, d), **(params or {}))
+    if kind == "exact":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(params["efConstruction"])
+        index.hnsw.efSearch = int(params["efSearch"])
+    elif kind == "ivfpq":
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQ(quantizer, d, int(params["nlist"]), int(params["m"]), int(params["nbits"]),
+                                 faiss.METRIC_INNER_PRODUCT)
+        # Train on up to 64 vectors per list (FAISS warns below 39), taken from the first shards.
+        want = max(64 * int(params["nlist"]), 2 ** int(params["nbits"]) * 40)
+        sample, have = [], 0
+        for x in shards():
+            sample.append(x[: want - have])
+            have += len(sample[-1])
+            if have >= want:
+                break
+        index.train(np.ascontiguousarray(np.concatenate(sample), np.float32))
+        index.nprobe = int(params["nprobe"])
+    else:
+        raise CvmError(f"unknown index kind {kind!r}")
+    for x in shards():
+        if len(x):
+            index.add(np.ascontiguousarray(x, np.float32))
+    return index, params
+
+
+def apply_search_params(index, params: dict) -> None:
+    """Search-time parameters of a loaded index (FAISS does not always store them)."""
+    import faiss
+
+    if "efSearch" in params and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = int(params["efSearch"])
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+
+
+def exact_topk(queries: np.ndarray, shards: Callable[[], Iterable[np.ndarray]], k: int) -> np.ndarray:
+    """[Q, k] ids of the exact top-k inner products, scanning the shards once (memory O(shard))."""
+    q = np.asarray(queries, np.float32)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    offset = 0
+    for x in shards():
+        if len(x):
+            s = q @ np.asarray(x, np.float32).T
+            ids = np.broadcast_to(np.arange(offset, offset + len(x)), s.shape)
+            s, ids = np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1)
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(ids, top, 1)
+        offset += len(x)
+    return best_i
+
+
+def sample_queries(shards: Callable[[], Iterable[np.ndarray]], n: int, count: int = 1000, noise: float = 0.5,
+                   seed: int = 0) -> np.ndarray:
+    """Noisy unit copies of a seeded sample of gallery vectors (queries near, not at, gallery points)."""
+    rng = np.random.default_rng([seed, 0x1DE8])
+    pick = np.sort(rng.choice(n, size=min(count, n), replace=False))
+    out, offset = [], 0
+    for x in shards():
+        sel = pick[(pick >= offset) & (pick < offset + len(x))] - offset
+        if len(sel):
+            out.append(np.asarray(x, np.float32)[sel])
+        offset += len(x)
+    q = np.concatenate(out)
+    q = q + rng.standard_normal(q.shape).astype(np.float32) * (noise / math.sqrt(q.shape[1]))
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def recall_at(approx: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
+    """Mean share of the exact top-k found in the approximate top-k."""
+    hits = [len(set(a[:k].tolist()) & set(e[:k].tolist())) / min(k, len(e)) for a, e in zip(approx, exact)]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def measure_recall(index, shards, n: int, k: int = 10, count: int = 1000, seed: int = 0) -> float:
+    queries = sample_queries(shards, n, count, seed=seed)
+    exact = exact_topk(queries, shards, min(k, n))
+    _, approx = index.search(queries, min(k, n))
+    return recall_at(approx, exact, min(k, n))

@@ -1,0 +1,13 @@
+"""Backbones that methods are built from: ConvNeXt (timm / Keras layout) for Sample4Geo-class models."""
+
+from cvm.models.backbones.convnext import (  # noqa: F401
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VARIANTS,
+    ConvNeXtBackbone,
+    ConvNeXtBlock,
+    imagenet_normalize,
+    keras_convnext,
+    load_keras_convnext_weights,
+    variant_config,
+)

@@ -1,0 +1,141 @@
+"""Sample4Geo (Deuser et al., ICCV 2023), the model of Skyy93/Sample4Geo `sample4geo/model.py` (`TimmModel`).
+
+One timm ConvNeXt with `num_classes=0` (global average pool, then `head.norm`) embeds both views; a scalar
+`logit_scale` (initialised to log(1/0.07)) is a parameter of the model, and the InfoNCE loss uses its exp
+(`cvm.losses.infonce`). The authors normalise the features inside the loss and at evaluation; here the model
+returns them L2-normalised (the cvm contract) which gives the same logits and similarities.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from typing import Optional
+
+import keras
+from keras import ops
+
+from cvm.errors import CvmError
+from cvm.models.backbones.convnext import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VARIANTS,
+    ConvNeXtBackbone,
+    imagenet_normalize,
+    load_keras_convnext_weights,
+)
+from cvm.models.netvlad import l2_normalize
+from cvm.models.registry import register
+from cvm.models.two_tower import TwoTowerModel
+
+# log(1 / 0.07): CLIP's initial temperature, as `TimmModel.logit_scale`.
+LOGIT_SCALE_INIT = math.log(1.0 / 0.07)
+
+# Input sizes of the released configurations (height, width): aerial 384x384; CVUSA / CVACT ground 140x768
+# (the whole panorama squashed); VIGOR ground 384x768.
+AERIAL_SIZE = (384, 384)
+GROUND_SIZE_CVUSA = (140, 768)
+GROUND_SIZE_VIGOR = (384, 768)
+
+__all__ = ["Sample4Geo", "LOGIT_SCALE_INIT", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_normalize"]
+
+
+@register("sample4geo")
+@keras.saving.register_keras_serializable(package="cvm")
+class Sample4Geo(TwoTowerModel):
+    """Sample4Geo retrieval model: a ConvNeXt shared by both views, pooled + LayerNorm, unit descriptors.
+
+    Paper: "Sample4Geo: Hard Negative Sampling For Cross-View Geo-Localisation", Deuser, Habel and Oswald,
+    ICCV 2023, https://arxiv.org/abs/2303.11851 (code: https://github.com/Skyy93/Sample4Geo).
+
+    `{"ground": [B, Hg, Wg, 3], "aerial": [B, Ha, Wa, 3]}` -> `{"ground": [B, D], "aerial": [B, D]}`, D the
+    last stage's width (1024 for ConvNeXt-Base). Inputs are RGB images normalised with the ImageNet mean and
+    std (`imagenet_normalize` of 0-255 images), any size of at least 32 px a side (paper: aerial 384x384,
+    panorama 140x768). The model owns the learnable `logit_scale` (log of the InfoNCE logit multiplier,
+    initialised to log(1/0.07) = 2.659) that `cvm.losses.SymmetricInfoNCE` takes; it is saved with the model.
+    Descriptors leave in float32 under mixed precision.
+
+    Args:
+        backbone: "convnext_tiny", "convnext_small" or "convnext_base" (the paper's, at 384 px).
+        weights: None (random init), "imagenet" (Keras' ImageNet ConvNeXt of `backbone`, downloaded at 224 px
+            pretraining; the paper's 384 px timm weights come in through `cvm convert --torch_checkpoint`) or
+            the path of a local Keras ConvNeXt notop `.h5` / `.weights.h5` / `.keras` file.
+        backbone_width: channel multiplier of the ConvNeXt stages (1.0 is the variant; 0.25 trains on a CPU;
+            needs weights=None otherwise).
+        backbone_depths: blocks per stage (e.g. (1, 1, 2, 1)); None keeps the variant's (3, 3, 27, 3) for base.
+        share_towers: one backbone for both views, as Sample4Geo (False: one per view).
+        drop_path_rate: stochastic-depth rate of the last block (0 as the paper's timm default).
+
+    Example:
+    ```python
+    model = Sample4Geo(backbone="convnext_tiny", backbone_width=0.25, backbone_depths=(1, 1, 1, 1))
+    out = model({"ground": np.zeros((2, 64, 256, 3), "float32"),
+                 "aerial": np.zeros((2, 96, 96, 3), "float32")})
+    out["ground"].shape  # (2, 192), unit rows
+    float(ops.exp(model.logit_scale))  # 14.29 = 1 / 0.07
+    ```
+    """
+
+    l2_normalized = True
+
+    def __init__(self, backbone: typing.Literal["convnext_tiny", "convnext_small", "convnext_base"] = "convnext_base",
+                 weights: Optional[str] = None, backbone_width: float = 1.0, backbone_depths: Optional[tuple] = None,
+                 share_towers: bool = True, drop_path_rate: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if backbone not in VARIANTS:
+            raise CvmError(f"unknown Sample4Geo backbone {backbone!r}; valid: {', '.join(VARIANTS)}")
+        if weights is not None and (float(backbone_width) != 1.0 or backbone_depths is not None):
+            raise CvmError(f"weights={weights!r} needs backbone_width=1.0 and backbone_depths=None (got "
+                           f"{backbone_width}, {backbone_depths}); pass weights=None")
+        self.backbone = backbone
+        self.weights_source = None if weights is None else str(weights)
+        self.backbone_width = float(backbone_width)
+        self.backbone_depths = None if backbone_depths is None else tuple(int(d) for d in backbone_depths)
+        self.share_towers = bool(share_towers)
+        self.drop_path_rate = float(drop_path_rate)
+        tower = dict(variant=backbone, width=self.backbone_width, depths=self.backbone_depths,
+                     drop_path_rate=self.drop_path_rate)
+        if self.share_towers:
+            self.ground_backbone = ConvNeXtBackbone(name="backbone", **tower)
+            self.aerial_backbone = self.ground_backbone
+        else:
+            self.ground_backbone = ConvNeXtBackbone(name="ground_backbone", **tower)
+            self.aerial_backbone = ConvNeXtBackbone(name="aerial_backbone", **tower)
+        self.descriptor_dim = self.ground_backbone.output_dim
+        self.build()
+        if self.weights_source is not None:
+            for backbone_layer in self.backbones:
+                load_keras_convnext_weights(backbone_layer, self.weights_source)
+
+    @property
+    def backbones(self) -> list:
+        """The distinct backbone layers (one when the towers are shared)."""
+        return [self.ground_backbone] if self.share_towers else [self.ground_backbone, self.aerial_backbone]
+
+    def build(self, input_shape=None):
+        for backbone_layer in self.backbones:
+            backbone_layer.build()
+        # A weight of the model, so that optimizers train it and .keras files / checkpoints carry it.
+        self.logit_scale = self.add_weight(name="logit_scale", shape=(),
+                                           initializer=keras.initializers.Constant(LOGIT_SCALE_INIT))
+        self.built = True
+
+    def _encode(self, images, backbone_layer, training):
+        if images.shape[-1] is not None and images.shape[-1] != 3:
+            raise CvmError(f"Sample4Geo takes RGB images (3 channels), got {images.shape[-1]} channels")
+        descriptor = ops.cast(backbone_layer(images, training=training), "float32")
+        return l2_normalize(descriptor, axis=-1)
+
+    def encode_ground(self, images, training=False):
+        """[B, Hg, Wg, 3] ImageNet-normalised RGB panoramas -> [B, D] unit descriptors."""
+        return self._encode(images, self.ground_backbone, training)
+
+    def encode_aerial(self, images, training=False):
+        """[B, Ha, Wa, 3] ImageNet-normalised RGB aerial images -> [B, D] unit descriptors."""
+        return self._encode(images, self.aerial_backbone, training)
+
+    def get_config(self):
+        config = super().get_config()
+        if config.get("backbone_depths") is not None:
+            config["backbone_depths"] = list(config["backbone_depths"])
+        return config
