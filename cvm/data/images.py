@@ -16,6 +16,9 @@ from cvm.errors import CvmError
 
 # Per-channel means of the original code, in BGR order. 123.6 (not Keras' 123.68) for red.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.6)
+# ImageNet statistics of the modern backbones (torchvision / timm), in RGB order on 0..255 values.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_SCALE_RGB = (1 / 58.395, 1 / 57.12, 1 / 57.375)  # 1 / (255 * std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +34,8 @@ class ImageSpec:
       polar_stretch: reproduce the per-image min-max stretch of SAFA's published polar maps.
       mean: per-channel mean subtracted after the cast to float32 (in `channel_order`); None: none.
       channel_order: "bgr" as the originals (OpenCV) or "rgb".
-      scale: multiplier applied after the mean subtraction (1.0 for the Caffe convention).
+      scale: multiplier applied after the mean subtraction (1.0 for the Caffe convention), one value or one
+        per channel (in `channel_order`: ImageNet's 1 / std for the modern backbones).
     """
 
     ground_size: Optional[tuple] = (224, 1232)
@@ -40,7 +44,7 @@ class ImageSpec:
     polar_stretch: bool = False
     mean: Optional[tuple] = CAFFE_MEAN_BGR
     channel_order: str = "bgr"
-    scale: float = 1.0
+    scale: object = 1.0  # float, or a per-channel tuple
 
     def __post_init__(self):
         if self.channel_order not in ("bgr", "rgb"):
@@ -63,6 +67,12 @@ PRESETS = {
     # SAFA: polar aerial 112x616 computed from the full-resolution aerial, or plain 256.
     "safa_polar": ImageSpec(ground_size=(112, 616), aerial_size=(112, 616), aerial_polar=True),
     "safa": ImageSpec(ground_size=(112, 616), aerial_size=(256, 256)),
+    # Sample4Geo (CVUSA / CVACT): the whole panorama squashed to 140x768, aerial 384; RGB with ImageNet's mean and
+    # std (Sample4Geo resizes with INTER_LINEAR_EXACT; cvm's loaders use INTER_AREA). VIGOR: panorama 384x768.
+    "sample4geo": ImageSpec(ground_size=(140, 768), aerial_size=(384, 384), mean=IMAGENET_MEAN_RGB,
+                            channel_order="rgb", scale=IMAGENET_SCALE_RGB),
+    "sample4geo_vigor": ImageSpec(ground_size=(384, 768), aerial_size=(384, 384), mean=IMAGENET_MEAN_RGB,
+                                  channel_order="rgb", scale=IMAGENET_SCALE_RGB),
     # Small sizes for the quickstart and tests on the synthetic world.
     "small": ImageSpec(ground_size=(64, 256), aerial_size=(128, 128)),
 }
@@ -101,7 +111,7 @@ def normalise(img: np.ndarray, spec: ImageSpec) -> np.ndarray:
     if spec.mean is not None:
         out = out - np.asarray(spec.mean, np.float32)
     if spec.scale != 1.0:
-        out = out * np.float32(spec.scale)
+        out = out * np.asarray(spec.scale, np.float32)
     return out
 
 
@@ -109,7 +119,7 @@ def denormalise(img: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """Inverse of `normalise` back to uint8 BGR, for image summaries and retrieval grids."""
     out = np.asarray(img, np.float32)
     if spec.scale != 1.0:
-        out = out / np.float32(spec.scale)
+        out = out / np.asarray(spec.scale, np.float32)
     if spec.mean is not None:
         out = out + np.asarray(spec.mean, np.float32)
     if spec.channel_order == "rgb":

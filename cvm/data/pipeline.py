@@ -241,7 +241,7 @@ def normalise_batch(images_uint8: tf.Tensor, spec: images.ImageSpec) -> tf.Tenso
     if spec.mean is not None:
         x = x - tf.constant(spec.mean, tf.float32)
     if spec.scale != 1.0:
-        x = x * spec.scale
+        x = x * tf.constant(spec.scale, tf.float32)
     return x
 
 

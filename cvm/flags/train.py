@@ -61,6 +61,8 @@ RUN_FIELDS = {
     "alpha": ("float", "Weight alpha of the soft-margin triplet loss (10 in the papers)."),
     "include_diagonal": ("bool", "Include the positive pairs in the loss sums, as the original (a constant "
                                  "log(2)/(B-1) offset)."),
+    "infonce_smoothing": ("float", "InfoNCE methods (sample4geo): label smoothing eps of both cross-entropies (0.1 "
+                                   "in Sample4Geo; the GANs' --label_smoothing is the BCE's real label instead)."),
     "mask_radius_m": ("float", "CVACT: exclude negatives closer than this many metres (25 in CVFT/SAFA); empty: "
                                "no mask."),
     "mask_mode": (("enum", ["inside", "outside"]), "Where the UTM mask applies: inside the softplus (original) or "

@@ -1,4 +1,7 @@
-"""Losses: the weighted soft-margin triplet loss of the CVM-Net lineage (GAN losses live in gan.py)."""
+"""Losses: the weighted soft-margin triplet loss of the CVM-Net lineage, Sample4Geo's symmetric InfoNCE (GAN losses
+live in gan.py)."""
+
+from cvm.losses.infonce import SymmetricInfoNCE, false_negative_mask, symmetric_infonce  # noqa: F401
 
 from cvm.losses.triplet import (  # noqa: F401
     MASK_MODES,

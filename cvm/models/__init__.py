@@ -19,6 +19,8 @@ from cvm.models.regmi import RegmiEncoder, RegmiFusion, RegmiJoint, RegmiTwoStre
 from cvm.models.sinkhorn import Sinkhorn
 from cvm.models.cvft import CVFT, CVFTVGGConv, CVFTVGGGP
 from cvm.models.dsm import DSM, DSMReduction
+from cvm.models import backbones  # noqa: F401  (registers the ConvNeXt layers)
+from cvm.models.sample4geo import Sample4Geo
 
 __all__ = [
     "available_methods",
@@ -46,4 +48,5 @@ __all__ = [
     "CVFTVGGGP",
     "DSM",
     "DSMReduction",
+    "Sample4Geo",
 ]

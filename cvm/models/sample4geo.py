@@ -77,6 +77,7 @@ class Sample4Geo(TwoTowerModel):
     """
 
     l2_normalized = True
+    infonce = True  # trained with the symmetric InfoNCE on its own logit_scale (cvm.losses.infonce)
 
     def __init__(self, backbone: typing.Literal["convnext_tiny", "convnext_small", "convnext_base"] = "convnext_base",
                  weights: Optional[str] = None, backbone_width: float = 1.0, backbone_depths: Optional[tuple] = None,

@@ -139,6 +139,7 @@ class _TrainFields(ModelDirConfig):
     # Loss.
     alpha: float = 10.0
     include_diagonal: bool = True
+    infonce_smoothing: float = 0.1  # InfoNCE methods (sample4geo): label smoothing eps
     mask_radius_m: Optional[float] = None
     mask_mode: str = "inside"
     # Optimisation.
@@ -229,6 +230,11 @@ class _TrainFields(ModelDirConfig):
         elif not self.val_split:
             for name in ("best_metric", "eval_every_epochs"):
                 unused[name] = "the run has no validation (--val_split is empty and --holdout_fraction 0)"
+        if self.infonce_method():
+            for name in ("alpha", "include_diagonal", "mask_mode"):
+                unused[name] = f"--method {self.method} trains with the symmetric InfoNCE, not the triplet loss"
+        else:
+            unused["infonce_smoothing"] = f"only InfoNCE methods (sample4geo) use it; --method {self.method} does not"
         if not self.correlation_method():
             for name in ("fov_test_seed", "orientation_wrap"):
                 unused[name] = (f"only correlation methods (dsm) estimate orientation on the fixed test set; "
@@ -289,6 +295,12 @@ class _TrainFields(ModelDirConfig):
         from cvm.models import model_class
 
         return bool(getattr(model_class(self.method), "correlation", False))
+
+    def infonce_method(self) -> bool:
+        """Whether the method trains with the symmetric InfoNCE on its own logit scale (Sample4Geo)."""
+        from cvm.models import model_class
+
+        return bool(getattr(model_class(self.method), "infonce", False))
 
     def orientation_protocol(self) -> Optional[dict]:
         """DSM's evaluation protocol (cvm.evaluation.orientation_run) for correlation methods, else None."""

@@ -51,6 +51,12 @@ def build_loss(config: TrainConfig, encoder=None):
     """The in-batch loss: the weighted soft-margin triplet, or the one a correlation model needs (DSM's)."""
     from cvm.losses import WeightedSoftMarginTripletLoss
 
+    if getattr(encoder, "infonce", False):  # Sample4Geo: symmetric InfoNCE on the model's own logit scale
+        from cvm.losses import SymmetricInfoNCE
+
+        return SymmetricInfoNCE(label_smoothing=config.infonce_smoothing, mask_radius_m=config.mask_radius_m,
+                                location_kind="latlon" if config.dataset == "vigor" else "metres",
+                                logit_scale=encoder.logit_scale)
     settings = dict(alpha=config.alpha, include_diagonal=config.include_diagonal,
                     mask_radius_m=config.mask_radius_m, mask_mode=config.mask_mode)
     if getattr(encoder, "correlation", False):

@@ -24,6 +24,7 @@ SMALL = {
     "regmi_joint": dict(backbone_width=0.0625, output_dim=8, ground_size=(32, 128), aerial_size=(64, 64)),
     "regmi_fusion": dict(input_dim=6, output_dim=4),
     "dsm": dict(backbone_width=0.125, map_channels=4, aerial_size=(32, 64)),
+    "sample4geo": dict(backbone="convnext_tiny", backbone_width=0.25, backbone_depths=(1, 1, 1, 1)),
 }
 
 
@@ -162,8 +163,9 @@ def test_share_towers_one_vgg_for_both_views(method, tmp_path):
     from cvm.training.config import TrainConfig, model_option_table
 
     assert "share_towers" in builder_options(method) and not TrainConfig().share_towers
+    # Every VGG method takes it, and Sample4Geo, whose option of that name shares its ConvNeXt.
     assert set(model_option_table()["share_towers"].methods) == {
-        m for m in available_methods() if issubclass(model_class(m), VGGTwoTower)}
+        m for m in available_methods() if issubclass(model_class(m), VGGTwoTower)} | {"sample4geo"}
     two = build_model(method, **SMALL[method])
     one = build_model(method, share_towers=True, **SMALL[method])
     assert one.aerial_tower is one.ground_tower and two.aerial_tower is not two.ground_tower

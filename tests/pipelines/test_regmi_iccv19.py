@@ -380,7 +380,7 @@ def test_full_pipeline_on_ucfop_through_its_adapter(world, tmp_path):
     argv = ["--flagfile=experiments/regmi_iccv19_ucfop.cfg", f"--root={root}", f"--work_dir={work}",
             "--synthesis_batch_size=4", "--synthesis_flag=--preset=pano2aerial_small",
             "--synthesis_flag=--input_size=16,64", "--synthesis_flag=--target_size=32,32",
-            "--synthesis_flag=--epochs=4", "--synthesis_flag=--lr=2e-3",
+            "--synthesis_flag=--epochs=8", "--synthesis_flag=--lr=2e-3",
             "--synthesis_flag=--batch_size=4", "--synthesis_flag=--ngf=4",
             "--synthesis_flag=--ndf=4", "--synthesis_flag=--d_layers=2", "--synthesis_flag=--image_every_steps=0",
             "--synthesis_flag=--nojit_compile", "--notwo_stream", *[f"--retrieval_flag={f}" for f in TINY], *LEARNING]
