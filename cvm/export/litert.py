@@ -87,7 +87,7 @@ def _interpreter(path: str):
         raise CvmError(f"the LiteRT interpreter cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
-class LiteRTTower:
+class LiteRTTower(towers_lib.ExportedTower):
     """One exported tower in the LiteRT interpreter: `embed(uint8 images) -> unit descriptors`."""
 
     def __init__(self, path: str, tower: Optional[str] = None):
@@ -111,13 +111,6 @@ class LiteRTTower:
         self.interpreter.set_tensor(self.input_index, batch)
         self.interpreter.invoke()
         return np.array(self.interpreter.get_tensor(self.output_index))
-
-    def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        """uint8 images (any sizes; see cvm.export.onnx.OnnxTower.embed) -> float32 [B, D] unit descriptors."""
-        batch = towers_lib.prepare(images, self.layout)
-        if len(batch) == 0:
-            return np.zeros([0, self.descriptor_dim], np.float32)
-        return np.concatenate([self.run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
 
 
 def _unsupported_ops(message: str) -> list:

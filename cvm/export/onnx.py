@@ -40,7 +40,7 @@ from cvm.export import towers as towers_lib
 OPSET = 17  # a recent opset every ONNX Runtime of the last years runs; tf2onnx 1.17 supports it
 
 
-class OnnxTower:
+class OnnxTower(towers_lib.ExportedTower):
     """One exported tower in ONNX Runtime: `embed(uint8 images) -> unit descriptors` (see module doc)."""
 
     def __init__(self, path: str, tower: Optional[str] = None, providers: Optional[list] = None):
@@ -65,13 +65,6 @@ class OnnxTower:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The graph on uint8 [B, H, W, 3] already at `input_size` (no resize)."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.uint8)})[0]
-
-    def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        """uint8 images (any sizes, see module doc) -> float32 [B, D] unit descriptors."""
-        batch = towers_lib.prepare(images, self.layout)
-        if len(batch) == 0:
-            return np.zeros([0, self.descriptor_dim], np.float32)
-        return np.concatenate([self.run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
 
 
 def _unsupported_ops(message: str) -> list:

@@ -66,6 +66,24 @@ def spec_facts(spec) -> dict:
             "scale": spec.scale}
 
 
+class ExportedTower:
+    """What the ONNX and LiteRT tower wrappers share: `embed` on top of their `run` (the bare graph)."""
+
+    layout: dict
+    descriptor_dim: int
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, images, batch_size: int = 64) -> np.ndarray:
+        """uint8 images (a [B, H, W, 3] array or a list of any sizes: resized as the training pipeline does,
+        `prepare`) -> float32 [B, D] unit descriptors."""
+        batch = prepare(images, self.layout)
+        if len(batch) == 0:
+            return np.zeros([0, self.descriptor_dim], np.float32)
+        return np.concatenate([self.run(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)])
+
+
 def prepare(images, layout: dict) -> np.ndarray:
     """uint8 [B, H, W, 3] (or a list of HxWx3 arrays of any sizes) at the tower's input size.
 

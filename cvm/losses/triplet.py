@@ -77,11 +77,19 @@ def weighted_soft_margin_triplet(
     Returns:
       A float32 scalar.
     """
-    if mask_mode not in MASK_MODES:
-        raise CvmError(f"triplet loss mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
     ground = ops.cast(ground, "float32")
     aerial = ops.cast(aerial, "float32")
     dist = 2.0 - 2.0 * ops.matmul(aerial, ops.transpose(ground))  # d_ij, rows = aerial i, cols = ground j
+    return soft_margin_triplet_from_distance(dist, alpha, include_diagonal, mask, mask_mode)
+
+
+def soft_margin_triplet_from_distance(dist, alpha: float = 10.0, include_diagonal: bool = True, mask=None,
+                                      mask_mode: str = "inside"):
+    """The same loss on a [B, B] distance matrix whose diagonal holds the positives (any distance: DSM's
+    correlation distance too). The two anchor terms make it symmetric: rows and columns may be either view."""
+    if mask_mode not in MASK_MODES:
+        raise CvmError(f"triplet loss mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+    dist = ops.cast(dist, "float32")
     pos = ops.diagonal(dist)  # d_ii
     # g2a[i, j] = d_jj - d_ij (anchor ground j); a2g[i, j] = d_ii - d_ij (anchor aerial i).
     g2a = ops.expand_dims(pos, 0) - dist

@@ -32,7 +32,7 @@ import keras
 from keras import ops
 
 from cvm.errors import CvmError
-from cvm.losses.triplet import MASK_MODES, utm_mask
+from cvm.losses.triplet import MASK_MODES, soft_margin_triplet_from_distance, utm_mask
 from cvm.models.registry import register
 from cvm.models.two_tower import VGGTwoTower, checked_size
 from cvm.models.vgg import conv_initializers, pad_azimuth, scaled_channels
@@ -167,41 +167,6 @@ def correlation_distance(aerial, ground):
     norm_sq = ops.take_along_axis(energy, index, axis=-1)[..., 0]
     similarity = best * ops.rsqrt(ops.maximum(norm_sq, _NORM_EPS))
     return 2.0 - 2.0 * similarity, orientation
-
-
-def soft_margin_triplet_from_distance(distance, alpha: float = 10.0, include_diagonal: bool = True, mask=None,
-                                      mask_mode: str = "inside"):
-    """CVM-Net's weighted soft-margin triplet loss (Hu et al., CVPR 2018) on a distance matrix, as DSM's `compute_loss`.
-
-    `distance` [B, B], rows = ground j, columns = aerial i (DSM's layout); the loss is symmetric in the two
-    terms, so the same numbers as cvm.losses.triplet for d = 2 - 2 S G^T: mean over pairs of
-    softplus(alpha (d_pos - d)) for both anchors, averaged. Mask and diagonal as there.
-    """
-    if mask_mode not in MASK_MODES:
-        raise CvmError(f"triplet loss mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-    dist = ops.cast(distance, "float32")
-    pos = ops.diagonal(dist)
-    anchor_column = ops.expand_dims(pos, 0) - dist  # d_ii - d_ji: anchor aerial i (column)
-    anchor_row = ops.expand_dims(pos, 1) - dist  # d_jj - d_ji: anchor ground j (row)
-    batch = ops.cast(ops.shape(dist)[0], "float32")
-    weight = None
-    if mask is None:
-        normaliser = batch * (batch - 1.0)
-    else:
-        mask = ops.cast(mask, "float32")
-        normaliser = ops.maximum(ops.sum(mask), 1.0)
-        if mask_mode == "inside":
-            anchor_column, anchor_row = anchor_column * mask, anchor_row * mask
-        else:
-            weight = mask
-    if not include_diagonal:
-        off = 1.0 - ops.eye(ops.shape(dist)[0], dtype="float32")
-        weight = off if weight is None else weight * off
-    terms_c = ops.softplus(alpha * anchor_column)
-    terms_r = ops.softplus(alpha * anchor_row)
-    if weight is not None:
-        terms_c, terms_r = terms_c * weight, terms_r * weight
-    return 0.5 * (ops.sum(terms_c) + ops.sum(terms_r)) / normaliser
 
 
 def unflatten(descriptors, height: int, channels: int):

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from cvm.data import cvusa, sources
+from cvm.data import cvusa, registry, sources
 from cvm.data.synthesis.records import SynthesisSample, SynthesisSplit, check_direction
 from cvm.errors import CvmError
 
-DATASETS = ("synthetic", "cvusa", "dayton", "ucfop", "cvact")
+# The datasets with synthesis data (cvm.data.registry holds every dataset).
+DATASETS = registry.names("synthesis")
 # Retrieval datasets without released segmentation maps: their target_seg is all zeros.
 WITHOUT_SEGMAPS = ("ucfop", "cvact")
 
