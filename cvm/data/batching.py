@@ -115,7 +115,20 @@ class EpochPipeline(abc.ABC):
         more threads only add switching).
     """
 
-    def __init__(self, seed: int = 0, num_parallel_calls: Optional[int] = None):
+    def __init__(self, split, spec, seed: int = 0, faults=None, faults_path: Optional[str] = None,
+                 num_parallel_calls: Optional[int] = None, items: str = "pairs"):
+        """What every pipeline holds: its split (never empty), image spec, fault report, seed and threads."""
+        if len(split) == 0:
+            from cvm.errors import CvmError
+
+            raise CvmError(f"{split.dataset} split {split.name!r} has no {items} (root: {split.root})")
+        if faults is None:
+            from cvm.data.pipeline import FaultReport
+
+            faults = FaultReport(faults_path)
+        self.split = split
+        self.spec = spec
+        self.faults = faults
         self.seed = int(seed)
         self.num_parallel_calls = int(num_parallel_calls or usable_cores())
 

@@ -264,16 +264,9 @@ class Pipeline(EpochPipeline):
     def __init__(self, split: Split, spec: images.ImageSpec, augment: Optional[augment_lib.AugmentSpec] = None,
                  seed: int = 0, faults: Optional[FaultReport] = None, faults_path: Optional[str] = None,
                  cache: bool = False, num_parallel_calls: Optional[int] = None, normalize: bool = True):
-        if len(split) == 0:
-            raise CvmError(f"{split.dataset} split {split.name!r} has no pairs (root: {split.root})")
-        super().__init__(seed, num_parallel_calls)
-        if faults is None:
-            faults = FaultReport(faults_path)
-        self.split = split
-        self.spec = spec
+        super().__init__(split, spec, seed, faults, faults_path, num_parallel_calls)
         self.augment = augment
-        self.faults = faults
-        self.loader = PairLoader(split, spec, augment, seed, faults, cache)
+        self.loader = PairLoader(split, spec, augment, seed, self.faults, cache)
         self.normalize = bool(normalize)
         locations = split.locations()
         self._locations = None if locations is None else tf.constant(locations, tf.float64)

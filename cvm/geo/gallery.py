@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from cvm import atomic
 from cvm.errors import CvmError
 from cvm.geo import index as index_lib
 from cvm.geo import shards as shards_lib
@@ -112,9 +113,8 @@ def finish(out_dir: str, plan: dict, kind: str = "auto", params: Optional[dict] 
     recall = None
     if kind != "exact":
         recall = index_lib.measure_recall(index, _vectors(paths), cells, k=10)
-    tmp = os.path.join(out_dir, INDEX_FILE + ".tmp")
-    faiss.write_index(index, tmp)
-    os.replace(tmp, os.path.join(out_dir, INDEX_FILE))
+    with atomic.replacing(os.path.join(out_dir, INDEX_FILE)) as tmp:
+        faiss.write_index(index, tmp)
     import cvm
 
     summary = {"cvm_version": cvm.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -126,9 +126,7 @@ def finish(out_dir: str, plan: dict, kind: str = "auto", params: Optional[dict] 
                "resumed_shards": resumed, "index": {"kind": kind, "params": used, "recall@10_vs_exact": recall},
                "embed_seconds": round(embed_s, 3), "index_seconds": round(index_s, 3),
                "cells_per_second": round(embedded / embed_s, 2) if embed_s > 0 and embedded else None}
-    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
-    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST))
+    atomic.write_json(os.path.join(out_dir, MANIFEST), summary, default=str)
     return summary
 
 

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from cvm import atomic
 from cvm.errors import CvmError
 
 PLAN_FILE = "plan.json"
@@ -117,13 +118,10 @@ def write_shard(gallery: str, shard: int, arrays: dict, header: dict) -> str:
     path = shard_path(gallery, shard)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     header = dict(header, shard=shard, cells=int(len(arrays["cell_id"])), skipped=arrays["skipped"])
-    tmp = path + ".tmp.npz"
     body = {k: v for k, v in arrays.items() if k != "skipped"}
-    with open(tmp, "wb") as f:
-        np.savez(f, header=np.asarray(json.dumps(header)), **body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:  # a killed build leaves no torn shard under the final name
+        with open(tmp, "wb") as f:
+            np.savez(f, header=np.asarray(json.dumps(header)), **body)
     return path
 
 
@@ -164,10 +162,7 @@ def prepare(gallery: str, plan: dict) -> list:
             raise CvmError(f"{gallery} holds a build of another source or cell plan ({path}); "
                            "give a new --out folder or delete that one")
     else:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(plan, f, indent=1, default=str)
-        os.replace(tmp, path)
+        atomic.write_json(path, plan, default=str)
     todo = []
     want = plan_hash(plan)
     for shard in range(plan["shards"]):

@@ -133,16 +133,16 @@ class DescriptorPipeline(EpochPipeline):
     normalize = True  # descriptors need no image normalisation
 
     def __init__(self, arrays: dict, name: str, dataset: str, seed: int = 0, without_synthesized: bool = False):
-        super().__init__(seed, num_parallel_calls=1)
+        index = np.asarray(arrays["index"], np.int64)
+        if len(index) == 0:
+            raise CvmError(f"the {dataset} {name} descriptor dump has no rows")
+        super().__init__(_DumpSplit(name, dataset, len(index)), None, seed, num_parallel_calls=1)
         synthesized = np.asarray(arrays["synthesized"])
         if without_synthesized:  # the control: same layers and training, the synthesized half zeroed
             synthesized = np.zeros_like(synthesized)
         self.ground = np.concatenate([arrays["ground"], synthesized], axis=1).astype(np.float32)
         self.aerial = np.asarray(arrays["aerial"], np.float32)
-        self.index = np.asarray(arrays["index"], np.int64)
-        self.split = _DumpSplit(name, dataset, len(self.index))
-        if len(self.index) == 0:
-            raise CvmError(f"the {dataset} {name} descriptor dump has no rows")
+        self.index = index
         self._pair_index = tf.constant(self.index)
 
     def sample_spec(self) -> dict:

@@ -94,7 +94,7 @@ def test_an_abandoned_iterator_stops_loading():
 
 
 class _Split:
-    name, dataset = "train", "toy"
+    name, dataset, root = "train", "toy", None
 
     def __init__(self, n):
         self.n = n
@@ -105,8 +105,7 @@ class _Split:
 
 class ToyPipeline(EpochPipeline):
     def __init__(self, n, bad=(), seed=0, workers=None):
-        super().__init__(seed, workers)
-        self.split = _Split(n)
+        super().__init__(_Split(n), None, seed, num_parallel_calls=workers)
         self.bad = set(bad)
 
     def sample_spec(self):

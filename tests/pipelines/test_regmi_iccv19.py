@@ -35,17 +35,18 @@ TINY = ["--ground_size=32,128", "--aerial_size=64,64", "--backbone_width=0.0625"
         "--nojit_compile", "--eval_batch_size=16", "--checkpoint_every_steps=1", "--log_every_steps=1"]
 
 # Enough training for each stage to beat its untrained copy by a clear margin (figures in
-# assert_stages_learned): lr 1e-3, 20 epochs of 3-4 steps, per-epoch checkpoints only. The synthesized
+# assert_stages_learned): lr 1e-3, 20 epochs of 3-4 steps, per-epoch checkpoints only, one validation
+# at the end (so the stage's model is its last one: selecting among epochs on 9 held-out pairs is noise). The synthesized
 # term weighs as much as the ground one (at the original's 10:1 the synthesized stream, sharing fc1 with
 # the aerial one, had not learned after 30 steps: mean rank 16.5 vs 17.6 untrained, of 36). Fusion starts
 # from the original's std-0.005 init: from Glorot's, 60 steps at 1e-3 cannot undo the random rotation of
 # the joint descriptors (mean rank 16.6, worse than the joint ground descriptors' 5.3).
 LEARNING = ["--joint_flag=--epochs=20", "--joint_flag=--lr=1e-3", "--joint_flag=--checkpoint_every_steps=0",
-            "--joint_flag=--eval_every_epochs=5", "--joint_synthesized_weight=10", "--fusion_flag=--epochs=20",
+            "--joint_flag=--eval_every_epochs=20", "--joint_synthesized_weight=10", "--fusion_flag=--epochs=20",
             "--fusion_flag=--lr=1e-3", "--fusion_flag=--init=original", "--fusion_flag=--checkpoint_every_steps=0",
-            "--fusion_flag=--eval_every_epochs=5"]
+            "--fusion_flag=--eval_every_epochs=20"]
 TWO_STREAM_LEARNING = ["--two_stream_flag=--epochs=20", "--two_stream_flag=--lr=1e-3",
-                       "--two_stream_flag=--checkpoint_every_steps=0", "--two_stream_flag=--eval_every_epochs=5"]
+                       "--two_stream_flag=--checkpoint_every_steps=0", "--two_stream_flag=--eval_every_epochs=20"]
 
 
 def pipeline_flag_values(argv):
@@ -243,9 +244,9 @@ def assert_generator_learned(pipe):
     trained = generator_l1(pipe.synthesis_model_dir(), pipe.dataset, pipe.root)
     fresh = generator_l1(pipe.synthesis_model_dir(), pipe.dataset, pipe.root, untrained=True)
     # An untrained generator's tanh outputs sit near 0, so its L1 is about the mean |target| whatever the
-    # draw (0.268 vs 0.274 in two draws); one epoch at the default lr 2e-4 does not move it either (0.2740
-    # vs 0.2741 measured), 48 steps at 2e-3 do (0.210).
-    assert trained < 0.9 * fresh, (trained, fresh)
+    # draw; one epoch at the default lr 2e-4 does not move it either (0.2740 vs 0.2741 measured, UCF-OP
+    # copy), 36-64 steps at 2e-3 do (0.238 vs 0.274 on the UCF-OP copy, 0.194 vs 0.268 on the synthetic world).
+    assert trained < 0.95 * fresh, (trained, fresh)
     return {"xfork test L1 (trained, untrained)": (trained, fresh)}
 
 
@@ -276,7 +277,7 @@ def test_stages_after_synthesis(world, tmp_path, capsys):
     r1 = evaluate(val["ground"], val["aerial"])["directions"]["ground_to_aerial"]["metrics"]["r@1"]
     assert table["rows"][0]["r@1"] == pytest.approx(r1)
     # Selection used the held-out quarter of the training split (9 pairs).
-    assert json.load(open(os.path.join(work, "joint", "best", "metrics.json")))["epoch"] in (5, 10, 15, 20)
+    assert json.load(open(os.path.join(work, "joint", "best", "metrics.json")))["epoch"] == 20
     # A complete pipeline reruns as a no-op.
     capsys.readouterr()
     RegmiPipeline(config).run()
@@ -380,7 +381,7 @@ def test_full_pipeline_on_ucfop_through_its_adapter(world, tmp_path):
     argv = ["--flagfile=experiments/regmi_iccv19_ucfop.cfg", f"--root={root}", f"--work_dir={work}",
             "--synthesis_batch_size=4", "--synthesis_flag=--preset=pano2aerial_small",
             "--synthesis_flag=--input_size=16,64", "--synthesis_flag=--target_size=32,32",
-            "--synthesis_flag=--epochs=8", "--synthesis_flag=--lr=2e-3",
+            "--synthesis_flag=--epochs=4", "--synthesis_flag=--lr=2e-3",
             "--synthesis_flag=--batch_size=4", "--synthesis_flag=--ngf=4",
             "--synthesis_flag=--ndf=4", "--synthesis_flag=--d_layers=2", "--synthesis_flag=--image_every_steps=0",
             "--synthesis_flag=--nojit_compile", "--notwo_stream", *[f"--retrieval_flag={f}" for f in TINY], *LEARNING]

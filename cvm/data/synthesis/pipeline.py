@@ -31,17 +31,8 @@ class SynthesisPipeline(EpochPipeline):
 
     def __init__(self, split: SynthesisSplit, spec: SynthesisSpec, seed: int = 0, faults: Optional[FaultReport] = None,
                  faults_path: Optional[str] = None, num_parallel_calls: Optional[int] = None):
-        if len(split) == 0:
-            raise CvmError(f"{split.dataset} split {split.name!r} has no samples (root: {split.root})")
-        super().__init__(seed, num_parallel_calls)
-        if faults is None:
-            from cvm.data.pipeline import FaultReport
-
-            faults = FaultReport(faults_path)
-        self.split = split
-        self.spec = spec
-        self.faults = faults
-        self.loader = SynthesisLoader(split, spec, seed, faults)
+        super().__init__(split, spec, seed, faults, faults_path, num_parallel_calls, items="samples")
+        self.loader = SynthesisLoader(split, spec, seed, self.faults)
         self._names = None
 
     def sample_files(self, index: int) -> tuple:
