@@ -16,6 +16,7 @@ and the max abs difference is recorded in export.json (`check`); above the toler
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from typing import Callable, Optional
@@ -66,14 +67,15 @@ def spec_facts(spec) -> dict:
             "scale": spec.scale}
 
 
-class ExportedTower:
+class ExportedTower(abc.ABC):
     """What the ONNX and LiteRT tower wrappers share: `embed` on top of their `run` (the bare graph)."""
 
     layout: dict
     descriptor_dim: int
 
+    @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The exported graph on uint8 [B, H, W, 3] already at `input_size` (no resize)."""
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
         """uint8 images (a [B, H, W, 3] array or a list of any sizes: resized as the training pipeline does,

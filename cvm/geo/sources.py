@@ -13,6 +13,7 @@ source file and its pixel window (col_off, row_off, width, height).
 
 from __future__ import annotations
 
+import abc
 import glob
 import math
 import os
@@ -45,24 +46,28 @@ def _resize(img: np.ndarray, cell_px) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
 
 
-class Source:
+class Source(abc.ABC):
     kind = ""
     crs: Optional[str] = None
 
+    @abc.abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """What the gallery's manifest records of the source (kind, files, CRS, grid)."""
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """The number of candidate cells."""
 
+    @abc.abstractmethod
     def cells(self, start: int, stop: int, cell_px) -> Iterator[tuple]:
-        raise NotImplementedError
+        """Candidate cells start..stop-1 as (index, RGB uint8 image at cell_px, metadata dict), or (index, None,
+        the reason it is skipped)."""
 
+    @abc.abstractmethod
     def mosaic(self, bounds, shape, cells: Optional[dict] = None) -> Optional[np.ndarray]:
         """RGB uint8 `shape` (h, w) image of the gallery over bounds (x0, y0, x1, y1) in self.crs.
 
         cells: the gallery's metadata (x, y, name arrays) for sources without continuous imagery."""
-        raise NotImplementedError
 
 
 class SplitSource(Source):

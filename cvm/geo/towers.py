@@ -14,6 +14,7 @@ another model is refused.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ def fingerprint_of(weights: str, preprocessing: dict) -> str:
     return f"{weights[:16]}-{prep[:8]}"
 
 
-class Towers:
+class Towers(abc.ABC):
     """Interface: embed_aerial / embed_ground take uint8 RGB [B, H, W, 3] and return float32 [B, D] unit rows.
 
     Attributes: fingerprint, preprocessing (dict), cell_px ((h, w) gallery cells are resampled to),
@@ -62,11 +63,13 @@ class Towers:
     fov_deg: Optional[float] = None
     description: str = ""
 
+    @abc.abstractmethod
     def embed_aerial(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """uint8 RGB aerial cells [B, H, W, 3] -> float32 [B, D] unit descriptors."""
 
+    @abc.abstractmethod
     def embed_ground(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """uint8 RGB ground images [B, H, W, 3] -> float32 [B, D] unit descriptors."""
 
     def info(self) -> dict:
         return {"fingerprint": self.fingerprint, "preprocessing": self.preprocessing,

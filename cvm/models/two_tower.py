@@ -105,12 +105,6 @@ class TwoTowerModel(keras.Model):
             "aerial": self.encode_aerial(inputs["aerial"], training=training),
         }
 
-    def encode_ground(self, images, training=False):
-        raise NotImplementedError(f"{type(self).__name__} must define encode_ground")
-
-    def encode_aerial(self, images, training=False):
-        raise NotImplementedError(f"{type(self).__name__} must define encode_aerial")
-
 
 def keep_probability(keep_prob) -> float:
     """The dropout keep probability checked: (0, 1]."""

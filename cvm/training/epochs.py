@@ -22,6 +22,7 @@ best/metrics.json.
 
 from __future__ import annotations
 
+import abc
 import os
 import signal
 import time
@@ -39,7 +40,7 @@ from cvm.errors import CvmError
 from cvm.training.checkpoints import CheckpointManager, check_finite, write_error
 
 
-class EpochRun:
+class EpochRun(abc.ABC):
     """One training run in a model_dir; `train()` trains it or resumes it from its newest good checkpoint.
 
     A subclass's __init__ calls `_prepare_model_dir` first (config, checkpoints, seeds), then sets
@@ -112,36 +113,38 @@ class EpochRun:
         return self._writers[name]
 
     # --- hooks ----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def checkpointed(self) -> tuple:
         """(models, optimizers): what a checkpoint saves and a resume restores (objects with .variables)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step(self, batch) -> dict:
         """One training step on one batch of `epoch_batches`: {name: scalar loss tensor}."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def poison_target(self):
         """The variable CVM_NAN_AT_STEP sets to NaN (cvm.faultinject)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def non_finite(self, losses: dict, bad: list, where: str) -> str:
         """The first clause of the error for a non-finite loss `where` ("at epoch E, step S")."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_step(self, losses: dict, epoch: int, state: dict, bar) -> None:
         """Write the losses of a log point (all finite) to TensorBoard and the progress bar."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def validate(self, epoch: int) -> dict:
-        raise NotImplementedError
+        """Validate after `epoch`: {metric: value}, best_metric among them."""
 
+    @abc.abstractmethod
     def best_models(self) -> dict:
         """{file name under best/: keras model} saved when validation improves best_metric."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def best_metric(self) -> str:
-        raise NotImplementedError
+        """The validation metric whose improvement saves best/."""
 
     @property
     def eval_every_epochs(self) -> int:
