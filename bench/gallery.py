@@ -4,10 +4,13 @@ Part 1 (embedding): a GeoTIFF of the synthetic town cut into cells (read, resamp
 shards by cvm.geo.gallery.build_gallery, the local runner) against the model's forward pass alone on the
 very same cell batches, already in memory. The figure to read is the ratio (target >= 0.8).
 
-Part 2 (index): --n random unit vectors of --dim dimensions (default 10^6 x 1024, generated shard by shard
-from a seed so memory holds only the index), each approximate index (HNSW, IVF-PQ) built, then queried
-with noisy copies of gallery vectors: query latency (one query at a time, and batched), recall@10 against
-exact search (a streaming scan of the same shards), build time and the process's peak memory.
+Part 2 (index): --n unit vectors of --dim dimensions (default 10^6 x 1024, generated shard by shard from a
+seed so memory holds only the index; --data random: isotropic Gaussian, the worst case for a graph or a
+quantizer; --data clustered: --clusters centres, each vector a centre plus isotropic noise of norm
+--spread), each approximate index (HNSW, IVF-PQ) built, then queried with noisy copies of gallery vectors:
+query latency (one query at a time, and batched), recall@10 against exact search (a streaming scan of the
+same shards), build time and the peak resident memory of the build (VmHWM, reset before each build where
+the kernel allows; else the process's peak so far), with the load average beside each figure.
 
 Part 3 (--evidence RUN,RUN...): for each trained run on the synthetic world, the town of its world
 (cvm.data.synthetic.town, held-out panorama locations), a gallery of 172.5 m cells every --stride_m of the
@@ -15,7 +18,8 @@ town's orthophoto GeoTIFF, and the share of panoramas whose top-1 / any top-5 hi
 50 m of the truth, against chance (a uniformly random cell, or 5 distinct ones).
 
   python bench/gallery.py [--method safa] [--town_m 600] [--stride_m 20] [--batch_size 32]
-      [--n 1000000] [--dim 1024] [--kinds hnsw,ivfpq] [--queries 1000] [--skip_embed] [--skip_index]
+      [--n 1000000] [--dim 1024] [--kinds hnsw,ivfpq] [--queries 1000] [--data random|clustered]
+      [--clusters 1000] [--spread 1.0] [--skip_embed] [--skip_index]
 """
 
 from __future__ import annotations
@@ -34,7 +38,41 @@ import numpy as np  # noqa: E402
 
 
 def peak_mb() -> float:
+    """Peak RSS in MB: VmHWM (resettable, see reset_peak), else getrusage (the process's lifetime peak)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def rss_mb() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs), so a build's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def load() -> str:
+    try:
+        return "load " + " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "load ?"
 
 
 def cpu_name() -> str:
@@ -95,22 +133,36 @@ def index_bench(args) -> None:
 
     n, d, shard = args.n, args.dim, 50_000
 
+    centres = None
+    if args.data == "clustered":
+        centres = np.random.default_rng([args.seed, 0xC1]).standard_normal((args.clusters, d)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+
     def shards():
         for s, lo in enumerate(range(0, n, shard)):
-            x = np.random.default_rng([args.seed, s]).standard_normal((min(shard, n - lo), d)).astype(np.float32)
+            rng = np.random.default_rng([args.seed, s])
+            x = rng.standard_normal((min(shard, n - lo), d), dtype=np.float32)
+            if centres is not None:  # noise of norm ~spread around a random centre: cos to it ~ 1/sqrt(1+spread^2)
+                x *= np.float32(args.spread / np.sqrt(d))
+                x += centres[rng.integers(0, len(centres), len(x))]
             yield x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    print(f"index: {n} random unit {d}-d vectors, {args.queries} queries, {faiss.omp_get_max_threads()} threads, "
-          f"on {cpu_name()}")
+    what = "random" if centres is None else f"clustered ({args.clusters} centres, spread {args.spread:g})"
+    print(f"index: {n} {what} unit {d}-d vectors, {args.queries} queries, {faiss.omp_get_max_threads()} threads, "
+          f"on {cpu_name()}, {load()}", flush=True)
     t = time.perf_counter()
     queries = index_lib.sample_queries(shards, n, args.queries, seed=args.seed)
     exact = index_lib.exact_topk(queries, shards, 10)
     exact_s = time.perf_counter() - t
-    print(f"  exact (streaming scan)  {exact_s / len(queries) * 1e3:8.2f} ms/query batched")
+    print(f"  exact (streaming scan, incl. generating the vectors)  {exact_s / len(queries) * 1e3:8.2f} ms/query "
+          f"batched, {load()}", flush=True)
     for kind in args.kinds.split(","):
+        before = rss_mb()
+        own = reset_peak()
         t = time.perf_counter()
         index, params = index_lib.build(kind, d, n, shards)
         build_s = time.perf_counter() - t
+        build_peak = peak_mb()
         t = time.perf_counter()
         _, approx = index.search(queries, 10)
         batched = (time.perf_counter() - t) / len(queries)
@@ -119,8 +171,14 @@ def index_bench(args) -> None:
             index.search(q[None], 10)
         single = (time.perf_counter() - t) / min(100, len(queries))
         recall = index_lib.recall_at(approx, exact, 10)
+        # 1-recall@10: the exact nearest neighbour (for these queries almost always the gallery vector the query
+        # is a noisy copy of, i.e. the right cell) among the approximate top 10.
+        first = float(np.mean([e[0] in a[:10] for a, e in zip(approx, exact)]))
         print(f"  {kind:6s} {params}: build {build_s:7.1f} s, {single * 1e3:7.2f} ms/query single, "
-              f"{batched * 1e3:7.3f} ms/query batched, recall@10 vs exact {recall:.3f}, peak RSS {peak_mb():.0f} MB")
+              f"{batched * 1e3:7.3f} ms/query batched, recall@10 vs exact {recall:.3f}, 1-recall@10 {first:.3f}, "
+              f"build peak RSS {build_peak:.0f} MB ({'own' if own else 'process lifetime'}; {before:.0f} MB before), "
+              f"{load()}",
+              flush=True)
         del index
 
 
@@ -176,6 +234,9 @@ def main() -> None:
     p.add_argument("--kinds", default="hnsw,ivfpq")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", choices=("random", "clustered"), default="random")
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--spread", type=float, default=1.0)
     p.add_argument("--skip_embed", action="store_true")
     p.add_argument("--skip_index", action="store_true")
     p.add_argument("--evidence", default=None, help="comma-separated run folders: only the localisation evidence")
