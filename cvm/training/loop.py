@@ -42,7 +42,10 @@ def build_encoder(config: TrainConfig):
     options = config.model_kwargs()
     spec = config.image_spec()
     accepted = builder_options(config.method)
-    options.update({k: v for k, v in (("ground_size", spec.ground_size), ("aerial_size", spec.aerial_size))
+    ground_size = spec.ground_size
+    if ground_size is not None and config.fov_deg < 360.0:  # the model sees the FoV crop (augment.fov_crop)
+        ground_size = (ground_size[0], max(1, int(round(ground_size[1] * config.fov_deg / 360.0))))
+    options.update({k: v for k, v in (("ground_size", ground_size), ("aerial_size", spec.aerial_size))
                     if k in accepted})
     return build_model(config.method, **options)
 

@@ -163,3 +163,18 @@ def test_short_training_on_the_synthetic_world_improves_recall(tmp_path):
     after = max(state["history"], key=lambda h: h["r@5"])  # chance R@5 = 5/24 ~ 0.21
     assert after["r@5"] > before["r@5"] + 0.2, (before, state["history"])
     assert after["r@1"] > before["r@1"], (before, state["history"])
+
+
+def test_safa_is_built_for_the_fov_crop_it_is_trained_on(tmp_path):
+    """--fov_deg 90: the importance weights are sized for the 90-degree crop, not the whole panorama."""
+    from cvm.training.config import TrainConfig
+    from cvm.training.loop import Run
+
+    config = TrainConfig(model_dir=str(tmp_path / "run"), method="safa", synthetic_pairs=24, ground_size=(64, 256),
+                         aerial_size=(32, 128), aerial_polar=True, spatial_maps=2, fov_deg=90.0, azimuth_shift=True,
+                         backbone_width=0.0625, batch_size=4, epochs=1, steps_per_epoch=2, eval_batch_size=8,
+                         jit_compile=False)
+    run = Run(config, progress=False)
+    assert run.encoder.ground_size == (64, 64)  # round(256 * 90 / 360) columns
+    state = run.train()
+    assert np.isfinite(state["best"]["score"])
