@@ -179,13 +179,10 @@ class ViewPipeline(EpochPipeline):
     """One view of a VigorSplit (its panoramas, or its reference tiles) through the shared batching engine."""
 
     def __init__(self, split, spec, view: str, faults=None, num_parallel_calls: Optional[int] = None):
-        from cvm.data.pipeline import FaultReport
-
-        super().__init__(0, num_parallel_calls)
-        self.vigor_split, self.spec, self.view = split, spec, view
-        self.faults = faults if faults is not None else FaultReport()
-        self.paths = [p.ground_path for p in split] if view == "ground" else list(split.reference_paths)
-        self.split = _Sized(len(self.paths), split)
+        paths = [p.ground_path for p in split] if view == "ground" else list(split.reference_paths)
+        super().__init__(_Sized(len(paths), split), spec, 0, faults, num_parallel_calls=num_parallel_calls,
+                         items="panoramas" if view == "ground" else "reference tiles")
+        self.vigor_split, self.view, self.paths = split, view, paths
 
     def sample_spec(self):
         if self.view == "ground":
@@ -214,7 +211,7 @@ class ViewPipeline(EpochPipeline):
 
 class _Sized:
     def __init__(self, n, split):
-        self.n, self.name, self.dataset = n, split.name, split.dataset
+        self.n, self.name, self.dataset, self.root = n, split.name, split.dataset, split.root
 
     def __len__(self):
         return self.n
