@@ -131,10 +131,14 @@ class EpochPipeline(abc.ABC):
         self.faults = faults
         self.seed = int(seed)
         self.num_parallel_calls = int(num_parallel_calls or usable_cores())
+        # A batch sampler (cvm.data.sampling.NeighbourSampler) orders training epochs instead of the shuffle.
+        self.sampler = None
 
     # --- the schedule -------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The sample order of a training epoch (a pure function of seed and epoch)."""
+        """The sample order of a training epoch (a pure function of seed and epoch, and of the sampler's table)."""
+        if self.sampler is not None:
+            return self.sampler.epoch_order(epoch)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.split)).astype(np.int64)
 
     def steps_per_epoch(self, batch_size: int) -> int:

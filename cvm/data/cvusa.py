@@ -4,7 +4,7 @@ Root layout: bingmap/19/NNNNNNN.jpg (aerial, 750x750), streetview/panos/NNNNNNN.
 224 high x 1232 wide), splits/train-19zl.csv and splits/val-19zl.csv. Each CSV row is
 `aerial,panorama,annotation` with paths relative to the root; the annotation png is not used by
 retrieval and may be missing. Ground truth is positional (row i's panorama matches row i's aerial
-image); CVUSA has no coordinates.
+image). Coordinates (lat, lon) come from split_locations/all.csv when it is there (`attach_locations`).
 
 `read_split_list` is the one reader of CVUSA lists: the official CSVs, Regmi & Shah's X-Fork lists
 (XFORK_SPLIT_FILES) and any list a user names; retrieval (`load_cvusa`) and synthesis
@@ -13,6 +13,7 @@ image); CVUSA has no coordinates.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -25,6 +26,8 @@ SPLIT_FILES = {"train": "train-19zl.csv", "val": "val-19zl.csv", "test": "val-19
 SPLITS = ("train", "val")
 # Aerial images the pairs point at: the Bing tiles, or SAFA's polar maps (`cvm data polar`).
 AERIAL_KINDS = ("bingmap", "polar")
+# Coordinates of every CVUSA image (the release's split_locations/, in the CVPR_subset archive too); optional.
+LOCATIONS_FILE = os.path.join("split_locations", "all.csv")
 
 _SPLITS_ORIGIN = "comes with the CVPR_subset archive (splits.tar.gz) that the CVUSA authors send on request"
 
@@ -51,7 +54,7 @@ def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
         `cvm data polar`, 112 x 616), for `--aerial_size=112,616` without `--aerial_polar`.
 
     Returns:
-      Split(dataset="cvusa", location_kind=None, ground_rows=None) whose pairs carry absolute paths
+      Split(dataset="cvusa", location_kind="latlon" with split_locations/all.csv else None) whose pairs carry absolute paths
       and id = file stem of the aerial image. Pairs are listed even if their files are missing
       (`cvm data check` reports those).
 
@@ -75,6 +78,7 @@ def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
                 id=os.path.splitext(os.path.basename(fields[0]))[0],
             )
         )
+    located = attach_locations(root, pairs)
     if aerial == "polar" and pairs and not os.path.isdir(os.path.join(root, "polarmap")):
         # Individual missing maps are faults like any missing image; no polarmap/ at all is a forgotten step.
         raise CvmError(f"{os.path.join(root, 'polarmap')} not found: the precomputed polar maps are written by "
@@ -85,10 +89,39 @@ def load_cvusa(root: str, split: str, aerial: str = "bingmap") -> Split:
         name=split,
         root=root,
         pairs=pairs,
-        location_kind=None,
+        location_kind="latlon" if located else None,
         ground_rows=None,
         source=sources.source("cvusa").origin,
     )
+
+
+def attach_locations(root: str, pairs: list) -> bool:
+    """Give each pair its (lat, lon) from ROOT/split_locations/all.csv when that file is there; True if it was.
+
+    The CVUSA release's all.csv has one row per image id (row id - 1), its first two columns the aerial
+    tile's latitude and longitude (modern.md §2: Sample4Geo's GPS batches come from it). Without the file the
+    split has no coordinates (location_kind None); a file that lacks a pair's row, or a row that is not
+    numbers, is an error naming the file and the row.
+    """
+    path = os.path.join(root, LOCATIONS_FILE)
+    if not pairs or not os.path.isfile(path):
+        return False
+    with open(path, newline="") as f:
+        rows = [line.strip() for line in f]
+    for k, pair in enumerate(pairs):
+        if not pair.id.isdigit() or not 1 <= int(pair.id) <= len(rows):
+            raise CvmError(f"{path} has no row for CVUSA image {pair.id!r} (row = id - 1, {len(rows)} rows): use the "
+                           "release's complete all.csv, or remove it to train without coordinates")
+        row = int(pair.id) - 1
+        fields = rows[row].split(",")
+        try:
+            lat, lon = float(fields[0]), float(fields[1])
+        except (ValueError, IndexError):
+            raise CvmError(f"{path}, row {row + 1}: expected 'lat,lon,...' numbers, got {rows[row][:80]!r}") from None
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            raise CvmError(f"{path}, row {row + 1}: ({lat}, {lon}) is not a latitude / longitude in degrees")
+        pairs[k] = dataclasses.replace(pair, location=(lat, lon))
+    return True
 
 
 def polar_path(aerial_rel: str) -> str:

@@ -32,12 +32,13 @@ import keras
 from keras import ops
 
 from cvm.errors import CvmError
-from cvm.losses.triplet import MASK_MODES, soft_margin_triplet_from_distance, utm_mask
+from cvm.losses.triplet import (MASK_MODES, WeightedSoftMarginTripletLoss, soft_margin_triplet_from_distance,
+                                 utm_mask)
 from cvm.models.registry import register
 from cvm.models.two_tower import VGGTwoTower, checked_size
 from cvm.models.vgg import conv_initializers, pad_azimuth, scaled_channels
 
-# Input sizes of the original (train_cvusa_fov.py placeholders): polar aerial 128x512; ground 128 x int(512 FoV/360).
+# Input sizes of the original (the tensor shapes of train_cvusa_fov.py): polar aerial 128x512; ground 128 x int(512 FoV/360).
 POLAR_SIZE = (128, 512)
 PANORAMA_SIZE = (128, 512)
 MAP_CHANNELS = 16  # `dimension` of conv2()
@@ -175,7 +176,7 @@ def unflatten(descriptors, height: int, channels: int):
 
 
 @keras.saving.register_keras_serializable(package="cvm")
-class DSMTripletLoss:
+class DSMTripletLoss(WeightedSoftMarginTripletLoss):
     """The training loss of DSM: soft-margin triplet (alpha 10) on `correlation_distance` of the global batch.
 
     Called as the retrieval trainer calls its loss, `loss(ground, aerial, locations=None)`, with the flattened
@@ -192,14 +193,7 @@ class DSMTripletLoss:
 
     def __init__(self, alpha: float = 10.0, include_diagonal: bool = True, mask_radius_m: Optional[float] = None,
                  mask_mode: str = "inside", map_height: int = 4, map_channels: int = MAP_CHANNELS):
-        if mask_mode not in MASK_MODES:
-            raise CvmError(f"triplet loss mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-        if mask_radius_m is not None and mask_radius_m < 0:
-            raise CvmError(f"triplet loss mask radius must be >= 0 metres, got {mask_radius_m}")
-        self.alpha = float(alpha)
-        self.include_diagonal = bool(include_diagonal)
-        self.mask_radius_m = None if mask_radius_m is None else float(mask_radius_m)
-        self.mask_mode = mask_mode
+        super().__init__(alpha, include_diagonal, mask_radius_m, mask_mode)  # the settings, checked there
         self.map_height = int(map_height)
         self.map_channels = int(map_channels)
 

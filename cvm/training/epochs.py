@@ -7,7 +7,7 @@
   checkpointed() -> (models, optimizers)   what a checkpoint holds
   best_models() -> {file name: keras model}   what best/ holds
   poison_target(), log_step(), non_finite()   the testing aid's variable, what is logged, the NaN message
-and optionally epoch_batches / after_step / before_training. `cvm.training.loop.Run` (retrieval, and
+and optionally epoch_batches / after_step / before_training / before_epoch. `cvm.training.loop.Run` (retrieval, and
 through it JointRun and FusionRun) and `cvm.training.gan.SynthesisRun` are its subclasses.
 
 The loop's contract (design.md's model_dir): a checkpoint at the end of every epoch and every
@@ -151,7 +151,11 @@ class EpochRun(abc.ABC):
         return 1
 
     def before_training(self, state: dict) -> None:
-        """Runs once before the first epoch of train() that has work to do."""
+        """Runs once before the first epoch of train() that has work to do (after its before_epoch)."""
+
+    def before_epoch(self, epoch: int) -> None:
+        """Runs before the batches of epoch `epoch` are asked for (a resumed epoch too): e.g. a batch sampler's
+        neighbour table."""
 
     def epoch_batches(self, epoch: int, skip: int, remaining: int) -> Iterable:
         """The batches of epoch `epoch` after the first `skip`: `remaining` of them."""
@@ -216,9 +220,13 @@ class EpochRun(abc.ABC):
             if self.progress:
                 print(f"{self.model_dir} has finished its {config.epochs} epochs; nothing to do")
             return state
+        first = state["epoch"]
+        self.before_epoch(first)
         self.before_training(state)
-        for epoch in range(state["epoch"], config.epochs):
-            skip = state["step"] if epoch == state["epoch"] else 0
+        for epoch in range(first, config.epochs):
+            if epoch != first:
+                self.before_epoch(epoch)
+            skip = state["step"] if epoch == first else 0
             self.train_epoch(epoch, skip, state)
             state.update(epoch=epoch + 1, step=0)
             if self.val_pipeline is not None and ((epoch + 1) % self.eval_every_epochs == 0

@@ -6,6 +6,8 @@ CVUSA:
     streetview/annotations/{id}.png  1232x224 colour segmentation map of the panorama (CVUSA's own
                                      street-view annotation folder, the third CSV column)
     bingmap/annotations/{id}.png     750x750 colour segmentation map of the aerial (CVUSA has none)
+    split_locations/all.csv          "lat,lon,lat,lon" of aerial and panorama, row = id - 1 (the world's
+                                     metres on a tangent plane in Kansas: `world_to_latlon`)
     splits/train-19zl.csv, splits/val-19zl.csv
         rows "bingmap/19/{id}.jpg,streetview/panos/{id}.jpg,streetview/annotations/{id}.png" (no header)
     splits/train_xfork_cvusa.txt, splits/val_xfork_cvusa.txt (with the maps)
@@ -120,6 +122,28 @@ def write_act_data(path: str, ids: list, locations: np.ndarray, n_train: int) ->
         f.write(data)
 
 
+# Where the synthetic world lies when written with degrees (CVUSA's all.csv): a point in Kansas, as CVUSA's USA.
+CVUSA_ORIGIN_LATLON = (38.5, -98.0)
+EARTH_RADIUS_M = 6371008.8
+
+
+def world_to_latlon(xy: np.ndarray, origin=CVUSA_ORIGIN_LATLON) -> np.ndarray:
+    """[N, 2] world metres (east, north) -> (lat, lon) degrees on a sphere, a local tangent plane at `origin`."""
+    xy = np.asarray(xy, np.float64)
+    lat = origin[0] + np.degrees(xy[:, 1] / EARTH_RADIUS_M)
+    lon = origin[1] + np.degrees(xy[:, 0] / (EARTH_RADIUS_M * np.cos(np.radians(origin[0]))))
+    return np.stack([lat, lon], axis=1)
+
+
+def write_cvusa_locations(path: str, locations: np.ndarray) -> None:
+    """split_locations/all.csv as the CVUSA release: row id - 1 = 'aerial lat,lon,ground lat,lon' (the same
+    point here: the panorama is taken at the tile centre)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        for lat, lon in world_to_latlon(locations):
+            f.write(f"{lat:.8f},{lon:.8f},{lat:.8f},{lon:.8f}\n")
+
+
 def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction: float = 0.2, progress: bool = True,
                   workers: Optional[int] = None, segmaps: Optional[bool] = None) -> dict:
     """Render `pairs` locations of the world of `seed` into out_dir in the given layout; returns a summary.
@@ -198,6 +222,7 @@ def write_dataset(out_dir: str, layout: str, pairs: int, seed: int, val_fraction
                 for i in rows:
                     f.write(f"bingmap/19/{names[i]}.jpg,streetview/panos/{names[i]}.jpg,"
                             f"streetview/annotations/{names[i]}.png\n")
+        write_cvusa_locations(os.path.join(out_dir, "split_locations", "all.csv"), locations)
         if segmaps:  # Regmi's pano -> aerial lists (cvm.data.synthesis.XFORK_SPLIT_FILES)
             from cvm.data.synthesis import XFORK_SPLIT_FILES
 
