@@ -35,9 +35,10 @@ RUN_FIELDS = {
                               "(scipy.misc.imsave); --nopolar_stretch keeps the interpolated values."),
     "precomputed_polar": ("bool", "Read the polar maps `cvm data polar` wrote (ROOT/polarmap/) instead of transforming "
                                   "the aerial on the fly (cvusa, cvact); the aerial size is then the polar map's."),
-    "augment": (("enum", ["none", "cvm_net", "joint"]),
+    "augment": (("enum", ["none", "cvm_net", "joint", "sample4geo"]),
                 "Training augmentation: cvm_net (zoom-crop + aerial rotation, CVM-Net/Regmi), joint (aerial "
-                "rot90 + panorama roll and joint flip, Sample4Geo), none."),
+                "rot90 + panorama roll and joint flip, Sample4Geo), sample4geo (joint + per-view JPEG, colour "
+                "jitter, blur/sharpen and grid/coarse dropout, as Sample4Geo's training), none."),
     "double_zero": ("bool", "Keep CVM-Net's randint(0, 4) rotation draw in which 0 degrees comes twice as often."),
     "rotation_impl": (("enum", ["warp_affine", "exact"]), "CVM-Net rotation: warp_affine (as the original, 1-px "
                                                         "shift) or exact (np.rot90)."),
@@ -58,6 +59,20 @@ RUN_FIELDS = {
     "vigor_splits_dir": ("str", "VIGOR: a folder holding <City>/<list> files of the chosen label version, instead of "
                                 "ROOT/splits (or ROOT/splits__corrected)."),
     "cache": ("bool", "Keep decoded images in memory after their first read."),
+    "sampler": (("enum", ["shuffle", "neighbours"]),
+                "How training batches are formed (cvm.data.sampling): shuffle (a seeded permutation per epoch) or "
+                "neighbours (Sample4Geo: each batch grown from anchors and their GPS, then similarity, neighbours; "
+                "every aerial tile once per batch)."),
+    "neighbour_pool": ("int", "--sampler=neighbours: neighbours kept per pair in the table (Sample4Geo's "
+                              "neighbour_range, 128)."),
+    "neighbour_select": ("int", "--sampler=neighbours: neighbours an anchor brings into its batch: the nearest half "
+                                "plus a random half of the rest of its pool (Sample4Geo's neighbour_select, 64)."),
+    "sampler_gps": ("bool", "--sampler=neighbours: grow batches from GPS neighbours (the split's coordinates: CVACT "
+                            "UTM, VIGOR lat/lon, CVUSA's split_locations/all.csv, the synthetic world's metres) until "
+                            "the first similarity table; --nosampler_gps: shuffled anchors until then."),
+    "sampler_refresh_epochs": ("int", "--sampler=neighbours: recompute the similarity neighbours from a full "
+                                      "embedding pass of the training split every N epochs (Sample4Geo: 4, after "
+                                      "each evaluation); 0: never. Tables are kept in MODEL_DIR/sampler/."),
     "alpha": ("float", "Weight alpha of the soft-margin triplet loss (10 in the papers)."),
     "include_diagonal": ("bool", "Include the positive pairs in the loss sums, as the original (a constant "
                                  "log(2)/(B-1) offset)."),
@@ -68,9 +83,27 @@ RUN_FIELDS = {
     "mask_mode": (("enum", ["inside", "outside"]), "Where the UTM mask applies: inside the softplus (original) or "
                                                    "outside."),
     "batch_size": ("int", "Global batch size (split across replicas)."),
-    "lr": ("float", "Adam learning rate."),
+    "lr": ("float", "Learning rate (with --lr_schedule / --warmup_epochs: the peak rate). It goes with the global "
+                    "--batch_size (all replicas together): Sample4Geo's 1e-3 is for batch 128; for another global "
+                    "batch B scale it linearly, 1e-3 * B / 128 (Goyal et al. 2017's linear scaling rule)."),
     "epochs": ("int", "Number of epochs."),
     "steps_per_epoch": ("int", "Cap on the steps of an epoch (default: the whole training split)."),
+    "optimizer": (("enum", ["adam", "adamw"]),
+                  "adam: Adam on TF's fused kernel with TF1's epsilon (the classic methods); adamw: torch's AdamW "
+                  "(Loshchilov & Hutter 2019: decoupled weight decay, --weight_decay; Sample4Geo)."),
+    "weight_decay": ("float", "--optimizer adamw: decoupled weight decay, each step w -= lr * weight_decay * w with "
+                              "the step's scheduled lr, on every trainable weight (torch's default 0.01, as "
+                              "Sample4Geo)."),
+    "lr_schedule": (("enum", ["constant", "cosine"]),
+                    "Learning rate per step after the warm-up: constant (--lr), or cosine decay from --lr to 0 at the "
+                    "last step of --epochs (transformers' get_cosine_schedule_with_warmup, as Sample4Geo). A resume "
+                    "with another --epochs stretches the cosine from there on."),
+    "warmup_epochs": ("float", "Linear warm-up from 0 to --lr over this many epochs (fractions allowed; step t runs "
+                               "at lr * t / warmup steps, the first step at 0 as Sample4Geo's), before either "
+                               "--lr_schedule; 0: none. Sample4Geo: 1 with cosine."),
+    "clip_grad_value": ("float", "Clip each gradient element to [-v, v] (torch's clip_grad_value_; Sample4Geo: 100), "
+                                 "on the gradient summed over the replicas and unscaled (mixed_float16); empty: no "
+                                 "clipping."),
     "precision": (("enum", ["float32", "mixed_float16", "mixed_bfloat16"]), "Keras dtype policy; the loss is "
                                                                             "always float32."),
     "jit_compile": ("bool", "--jit_compile: XLA-compile the training step; --nojit_compile: TF's kernels one by "

@@ -27,10 +27,13 @@ QUICKSTART_MODEL_OPTIONS = {"keep_prob": 1.0, "output_dim": 256, "clusters": 16,
                             "freeze_blocks": 0, "init": "he"}
 # Methods trained on descriptor dumps (Regmi's fusion stage), not on images: no image-data field applies.
 DUMP_METHODS = ("regmi_fusion",)
+SAMPLERS = ("shuffle", "neighbours")
 VIGOR_FIELDS = ("vigor_area", "vigor_labels", "vigor_splits_dir")
 IMAGE_DATA_FIELDS = VIGOR_FIELDS + ("root", "train_split", "val_split", "preset", "ground_size", "aerial_size", "aerial_polar",
                      "polar_stretch", "precomputed_polar", "augment", "double_zero", "rotation_impl", "fov_deg",
                      "azimuth_shift", "synthetic_pairs", "synthetic_seed", "cache", "mask_radius_m", "mask_mode")
+OPTIMIZERS = ("adam", "adamw")  # cvm.training.optimizers: FusedAdam, FusedAdamW
+LR_SCHEDULES = ("constant", "cosine")  # cvm.training.optimizers.WarmupSchedule's decay after the warm-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +139,12 @@ class _TrainFields(ModelDirConfig):
     vigor_labels: str = "original"  # VIGOR: label version (cvm.data.vigor.LABELS)
     vigor_splits_dir: Optional[str] = None  # VIGOR: a folder of label lists instead of ROOT/splits*
     cache: bool = True
+    # Batches (cvm.data.sampling): a seeded shuffle, or Sample4Geo's neighbour batches.
+    sampler: str = "shuffle"
+    neighbour_pool: int = 128  # Sample4Geo's neighbour_range
+    neighbour_select: int = 64  # Sample4Geo's neighbour_select
+    sampler_gps: bool = True  # neighbour batches from GPS neighbours until the first similarity table
+    sampler_refresh_epochs: int = 4  # similarity table every N epochs (0: never)
     # Loss.
     alpha: float = 10.0
     include_diagonal: bool = True
@@ -147,6 +156,11 @@ class _TrainFields(ModelDirConfig):
     lr: float = 1e-4
     epochs: int = 20
     steps_per_epoch: Optional[int] = None
+    optimizer: str = "adam"  # adam: the classic methods' FusedAdam; adamw: Sample4Geo's (torch's AdamW)
+    weight_decay: float = 0.01  # adamw only (torch's default, which Sample4Geo keeps)
+    lr_schedule: str = "constant"  # or cosine: per-step decay to 0 at the last step (Sample4Geo)
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs, before either schedule
+    clip_grad_value: Optional[float] = None  # clip each gradient element to [-v, v] (Sample4Geo: 100)
     # Runtime.
     precision: str = "float32"
     # XLA or TF's kernels; None: the faster on this machine, timed on one batch before the first epoch
@@ -174,10 +188,34 @@ class _TrainFields(ModelDirConfig):
             raise CvmError(f"--epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0:
             raise CvmError(f"--lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise CvmError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.weight_decay >= 0:
+            raise CvmError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise CvmError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise CvmError(f"--warmup_epochs must be in [0, --epochs={self.epochs}), got {self.warmup_epochs}")
+        if self.clip_grad_value is not None and not self.clip_grad_value > 0:
+            raise CvmError(f"--clip_grad_value must be positive (empty: no clipping), got {self.clip_grad_value}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise CvmError(f"--holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.augment not in ("none", "cvm_net", "joint"):
-            raise CvmError(f"--augment must be none, cvm_net or joint, got {self.augment!r}")
+        if self.augment not in ("none", "cvm_net", "joint", "sample4geo"):
+            raise CvmError(f"--augment must be none, cvm_net, joint or sample4geo, got {self.augment!r}")
+        if self.sampler not in SAMPLERS:
+            raise CvmError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler == "neighbours":
+            if self.neighbour_pool < 1:
+                raise CvmError(f"--neighbour_pool must be at least 1, got {self.neighbour_pool}")
+            if not 0 <= self.neighbour_select <= self.neighbour_pool:
+                raise CvmError(f"--neighbour_select must be in [0, --neighbour_pool={self.neighbour_pool}], got "
+                               f"{self.neighbour_select}")
+            if self.sampler_refresh_epochs < 0:
+                raise CvmError(f"--sampler_refresh_epochs must be >= 0, got {self.sampler_refresh_epochs}")
+            if self.sampler_refresh_epochs and self.correlation_method():
+                raise CvmError(f"--sampler_refresh_epochs={self.sampler_refresh_epochs}: the similarity table ranks "
+                               f"plain descriptors, and --method {self.method} matches by correlation; use "
+                               "--sampler_refresh_epochs=0 (GPS neighbours only)")
         if self.mask_mode not in ("inside", "outside"):
             raise CvmError(f"--mask_mode must be inside or outside, got {self.mask_mode!r}")
         if self.precomputed_polar and self.dataset not in ("cvusa", "cvact"):
@@ -212,6 +250,9 @@ class _TrainFields(ModelDirConfig):
         for name in model_option_table():
             if name not in takes:
                 unused[name] = f"the model of --method {self.method} has no {name} option"
+        if self.optimizer != "adamw":
+            unused["weight_decay"] = ("only --optimizer adamw decays the weights (decoupled, Loshchilov & Hutter "
+                                      f"2019); --optimizer {self.optimizer} has no weight decay")
         if self.method in DUMP_METHODS:
             for name in IMAGE_DATA_FIELDS:
                 unused.setdefault(name, f"--method {self.method} trains on descriptor dumps, not on images")
@@ -239,6 +280,18 @@ class _TrainFields(ModelDirConfig):
             for name in ("fov_test_seed", "orientation_wrap"):
                 unused[name] = (f"only correlation methods (dsm) estimate orientation on the fixed test set; "
                                 f"--method {self.method} does not")
+        sampler_fields = ("neighbour_pool", "neighbour_select", "sampler_gps", "sampler_refresh_epochs")
+        if self.method in ("regmi_joint", "regmi_fusion"):
+            for name in ("sampler",) + sampler_fields:
+                unused.setdefault(name, f"the Regmi stage --method {self.method} forms its own batches (three views "
+                                        "or descriptor dumps)")
+        elif self.sampler != "neighbours":
+            for name in sampler_fields:
+                unused[name] = f"only --sampler=neighbours uses it (this run: --sampler={self.sampler})"
+        elif not self.sampler_refresh_epochs and not self.sampler_gps:
+            for name in ("neighbour_pool", "neighbour_select"):
+                unused[name] = ("--sampler=neighbours with --nosampler_gps and --sampler_refresh_epochs=0 has no "
+                                "neighbour table")
         if self.mask_radius_m is None:
             unused["mask_mode"] = "there is no UTM mask without --mask_radius_m"
         if self.augment != "cvm_net":
@@ -286,7 +339,10 @@ class _TrainFields(ModelDirConfig):
 
     def augment_spec(self) -> augment_lib.AugmentSpec:
         recipe = {"none": {}, "cvm_net": {"zoom_crop": True, "rotation": "cvm_net"},
-                  "joint": {"rotation": "joint", "joint_flip": 0.5}}[self.augment]
+                  "joint": {"rotation": "joint", "joint_flip": 0.5},
+                  # joint + Sample4Geo's per-view JPEG, colour jitter, blur/sharpen and dropout.
+                  "sample4geo": {"rotation": "joint", "joint_flip": 0.5,
+                                 **augment_lib.SAMPLE4GEO_PHOTOMETRIC}}[self.augment]
         return augment_lib.AugmentSpec(double_zero=self.double_zero, rotation_impl=self.rotation_impl,
                                        fov_deg=self.fov_deg, azimuth_shift=self.azimuth_shift, **recipe)
 

@@ -29,7 +29,7 @@ from cvm.errors import CvmError
 from cvm.training.config import TrainConfig
 from cvm.training.distribute import is_chief, make_strategy
 from cvm.training.epochs import EpochRun
-from cvm.training.optimizers import FusedAdam
+from cvm.training.optimizers import make_optimizer
 from cvm.training.retrieval import RetrievalTrainer
 
 
@@ -50,16 +50,26 @@ def build_encoder(config: TrainConfig):
     return build_model(config.method, **options)
 
 
-def build_loss(config: TrainConfig, encoder=None):
-    """The in-batch loss: the weighted soft-margin triplet, or the one a correlation model needs (DSM's)."""
+def build_loss(config: TrainConfig, encoder=None, location_kind: Optional[str] = None):
+    """The in-batch loss: the weighted soft-margin triplet, or the one a correlation model needs (DSM's).
+
+    location_kind: the training split's (records.LOCATION_KINDS), for the false-negative mask; None: VIGOR's
+    lat/lon for --dataset vigor, else planar metres.
+    """
     from cvm.losses import WeightedSoftMarginTripletLoss
 
+    if location_kind is None:
+        location_kind = "latlon" if config.dataset == "vigor" else "metres"
     if getattr(encoder, "infonce", False):  # Sample4Geo: symmetric InfoNCE on the model's own logit scale
         from cvm.losses import SymmetricInfoNCE
 
         return SymmetricInfoNCE(label_smoothing=config.infonce_smoothing, mask_radius_m=config.mask_radius_m,
-                                location_kind="latlon" if config.dataset == "vigor" else "metres",
+                                location_kind="latlon" if location_kind == "latlon" else "metres",
                                 logit_scale=encoder.logit_scale)
+    if config.mask_radius_m is not None and location_kind == "latlon":
+        raise CvmError(f"--mask_radius_m={config.mask_radius_m}: the triplet loss's mask takes planar metres (UTM), "
+                       f"and the {config.dataset} training split has lat/lon coordinates; drop --mask_radius_m (the "
+                       "InfoNCE of --method sample4geo masks by great-circle distance)")
     settings = dict(alpha=config.alpha, include_diagonal=config.include_diagonal,
                     mask_radius_m=config.mask_radius_m, mask_mode=config.mask_mode)
     if getattr(encoder, "correlation", False):
@@ -93,15 +103,23 @@ class Run(EpochRun):
                                   "kill_after_steps", "deterministic"})
     PROGRESS_METRICS = ("loss", "lr")
     keep_final = False  # also save the last epoch's model as final/model.keras (the Regmi stages)
+    sampler = None  # --sampler=neighbours: the NeighbourSampler ordering training epochs (_make_sampler)
 
     def __init__(self, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
                  progress: bool = True):
         self._open_model_dir(config, strategy, progress)
+        self.train_split, self.val_split = load_splits(config)
+        kind = self.train_split.location_kind
+        if config.mask_radius_m is not None and kind is None:
+            from cvm.data.pipeline import describe_split
+
+            raise CvmError(f"--mask_radius_m={config.mask_radius_m} needs coordinates, and "
+                           f"{describe_split(self.train_split, 'training')} has none; drop --mask_radius_m")
         with self.strategy.scope():
             self.encoder = build_encoder(config)  # registered models create their variables when built
-            self.trainer = RetrievalTrainer(self.encoder, build_loss(config, self.encoder), image_spec=config.image_spec())
+            self.trainer = RetrievalTrainer(self.encoder, build_loss(config, self.encoder, kind),
+                                            image_spec=config.image_spec())
             self._compile()
-        self.train_split, self.val_split = load_splits(config)
         faults = os.path.join(self.model_dir, "faults.txt") if self.chief else None
         # uint8 batches; the trainer normalises them on the device (see Pipeline(normalize=False)).
         self.pipeline = Pipeline(self.train_split, config.image_spec(), config.augment_spec(), config.seed,
@@ -113,6 +131,8 @@ class Run(EpochRun):
                                          normalize=False)
         self._check_data()
         self._count_steps()
+        self.sampler = self._make_sampler()
+        self.pipeline.sampler = self.sampler
         self._step_fn = self._make_step_fn()
 
     # --- set-up helpers -------------------------------------------------------------------------
@@ -127,8 +147,14 @@ class Run(EpochRun):
             raise CvmError(f"--batch_size {config.batch_size} must be divisible by the {replicas} replicas")
 
     def _compile(self) -> None:
-        """FusedAdam(--lr) on self.trainer, built for the encoder's variables (inside the strategy scope)."""
-        self.trainer.compile(optimizer=FusedAdam(self.config.lr), jit_compile=False)
+        """The optimizer of --optimizer / --lr / --lr_schedule / --clip_grad_value (optimizers.make_optimizer:
+        FusedAdam(--lr) by default) on self.trainer, built for the encoder's variables (inside the strategy scope).
+
+        A schedule reads self.steps_per_epoch at its first evaluation (the first traced step, or the first
+        lr logged): the trainers compile before their pipeline exists (_count_steps).
+        """
+        optimizer = make_optimizer(self.config, steps_per_epoch=lambda: self.steps_per_epoch)
+        self.trainer.compile(optimizer=optimizer, jit_compile=False)
         self.optimizer = self.trainer.optimizer
         self.optimizer.build(self.encoder.trainable_variables)
 
@@ -138,6 +164,48 @@ class Run(EpochRun):
         require_usable(self.pipeline, min(self.config.batch_size, len(self.train_split)), "training")
         if self.val_pipeline is not None:
             require_usable(self.val_pipeline, 1, "validation")
+
+    def _make_sampler(self):
+        """Sample4Geo's neighbour batches (cvm.data.sampling.NeighbourSampler) for --sampler=neighbours, else None."""
+        config = self.config
+        if config.sampler != "neighbours":
+            return None
+        from cvm.data.pipeline import describe_split
+        from cvm.data.sampling import NeighbourSampler
+
+        split = self.train_split
+        locations = None
+        if config.sampler_gps:
+            locations = split.locations()
+            if locations is None:
+                hint = (" (CVUSA: put the release's split_locations/all.csv under --root)"
+                        if split.dataset == "cvusa" else "")
+                raise CvmError(f"--sampler_gps needs coordinates, and {describe_split(split, 'training')} has none"
+                               f"{hint}; use --nosampler_gps (shuffled anchors until the first similarity table)")
+        embed = None
+        if config.sampler_refresh_epochs:
+            embed = self._embed_training_split
+        return NeighbourSampler(len(split), config.batch_size, seed=config.seed, pool=config.neighbour_pool,
+                                select=config.neighbour_select, refresh_epochs=config.sampler_refresh_epochs,
+                                locations=locations, location_kind=split.location_kind,
+                                aerial_keys=[pair.aerial_path for pair in split], embed=embed,
+                                folder=os.path.join(self.model_dir, "sampler"))
+
+    def _embed_training_split(self) -> tuple:
+        """(ground, aerial) descriptors of every training pair in split order, without augmentation."""
+        from cvm.evaluation.embed import embed_split
+
+        if not hasattr(self, "_plain_train_pipeline"):
+            self._plain_train_pipeline = Pipeline(self.train_split, self.config.image_spec(), None, self.config.seed,
+                                                  faults=self.pipeline.faults, cache=self.config.cache,
+                                                  normalize=False)
+            # The same decoded images as the training pipeline's cache (not a second copy).
+            self._plain_train_pipeline.loader._cache = self.pipeline.loader._cache
+            self._plain_train_pipeline.loader._cache_lock = self.pipeline.loader._cache_lock
+        if self.progress:
+            print("similarity neighbours: embedding the training split")
+        out = embed_split(self.encoder, self._plain_train_pipeline, self.config.eval_batch_size, progress=self.progress)
+        return out["ground"], out["aerial"]
 
     def _make_step_fn(self, jit_compile: Optional[bool] = None):
         """The distributed training step, XLA-compiled or not (default: config.jit_compile).
@@ -237,6 +305,13 @@ class Run(EpochRun):
             self._resolve_jit_compile(state["epoch"])
         elif self.config.jit_compile is not None:
             self.jit_compile = self.config.jit_compile
+
+    def before_epoch(self, epoch: int) -> None:
+        if self.sampler is None:
+            return
+        self.sampler.prepare(epoch)
+        if self.progress:
+            print(f"epoch {epoch + 1} batches: {self.sampler.source(epoch)}")
 
     def epoch_batches(self, epoch: int, skip: int, remaining: int):
         return self.strategy.experimental_distribute_dataset(super().epoch_batches(epoch, skip, remaining))
