@@ -22,6 +22,11 @@ authors' code is never imported. The load is strict (Sample4Geo's own `strict=Fa
 kept ImageNet weights, their issue #45): every key must be used, none may be missing, every shape must match;
 otherwise a CvmError names the missing, unexpected and mis-shaped keys. The backbone's size (variant, width,
 blocks per stage) is read from the shapes, so a ConvNeXt-Tiny/Small/Base checkpoint converts without options.
+
+A Sample4Geo-style checkpoint whose `model.*` is a timm DINOv2 ViT (`model.patch_embed.proj.weight`,
+`model.cls_token`, `model.pos_embed`, `model.blocks.i.*`, `model.norm.*`; `model.reg_token` for reg4) is detected
+by its keys and converted the same way into a `dinov2_*` Sample4Geo (`cvm.models.backbones.vit.timm_vit_targets`);
+its width, depth, registers and position grid come from the shapes.
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ def to_torch(value: np.ndarray, layout) -> np.ndarray:
     return value if order is None else np.transpose(value, order)
 
 
-def assign_strictly(targets: dict, state: dict, source: str) -> None:
+def assign_strictly(targets: dict, state: dict, source: str, model_name: str = "the Sample4Geo model",
+                    hint: str = "is it a Sample4Geo checkpoint (model.* + logit_scale)?") -> None:
     """Assigns state[key] to each target after checking that the keys match exactly and every shape fits."""
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets))
@@ -128,8 +134,8 @@ def assign_strictly(targets: dict, state: dict, source: str) -> None:
     if wrong:
         problems.append(f"wrong shapes: {', '.join(_abbreviate(wrong))}")
     if problems:
-        raise CvmError(f"{source} does not match the Sample4Geo model ({len(targets)} tensors): {'; '.join(problems)}. "
-                       "Nothing was loaded; is it a Sample4Geo ConvNeXt checkpoint (model.* + logit_scale)?")
+        raise CvmError(f"{source} does not match {model_name} ({len(targets)} tensors): {'; '.join(problems)}. "
+                       f"Nothing was loaded; {hint}")
     for key, (variable, layout) in targets.items():
         variable.assign(to_keras(state[key], layout).astype(np.float32))
 
@@ -139,9 +145,14 @@ def _abbreviate(items, limit: int = 12) -> list:
 
 
 def infer_backbone_options(state: dict, source: str = "the checkpoint") -> dict:
-    """backbone, backbone_width and backbone_depths of the timm ConvNeXt whose tensors `state` holds."""
+    """backbone, backbone_width and backbone_depths of the timm ConvNeXt whose tensors `state` holds (or, for a
+    timm DINOv2 ViT under model.*, those and backbone_pos_grid: cvm.models.backbones.vit)."""
     from cvm.models.backbones.convnext import VARIANTS, variant_config
 
+    if "model.patch_embed.proj.weight" in state:  # a ViT: ConvNeXt has stem.0 instead of patch_embed
+        from cvm.models.backbones.vit import vit_options_from_state
+
+        return vit_options_from_state(state, prefix="model.", source=source)
     try:
         dims = [int(state["model.stem.0.weight"].shape[0])]
     except KeyError:
@@ -171,7 +182,12 @@ def load_sample4geo_state(model, state: dict, source: str = "the checkpoint") ->
     """Copies a Sample4Geo state_dict ({key: ndarray}, `module.` already stripped) into `model`, strictly."""
     if not model.share_towers:
         raise CvmError("Sample4Geo checkpoints hold one network for both views: build the model with share_towers=True")
-    targets = timm_convnext_targets(model.ground_backbone, prefix="model.")
+    from cvm.models.backbones.vit import ViTBackbone, timm_vit_targets
+
+    if isinstance(model.ground_backbone, ViTBackbone):
+        targets = timm_vit_targets(model.ground_backbone, prefix="model.")
+    else:
+        targets = timm_convnext_targets(model.ground_backbone, prefix="model.")
     targets["logit_scale"] = (model.logit_scale, None)
     assign_strictly(targets, state, source)
 

@@ -1,6 +1,7 @@
 """Sample4Geo (Deuser et al., ICCV 2023), the model of Skyy93/Sample4Geo `sample4geo/model.py` (`TimmModel`).
 
-One timm ConvNeXt with `num_classes=0` (global average pool, then `head.norm`) embeds both views; a scalar
+One timm ConvNeXt with `num_classes=0` (global average pool, then `head.norm`) embeds both views (or, as in
+Sample4Geo's descendants, a DINOv2 ViT whose final-normed CLS token is the descriptor); a scalar
 `logit_scale` (initialised to log(1/0.07)) is a parameter of the model, and the InfoNCE loss uses its exp
 (`cvm.losses.infonce`). The authors normalise the features inside the loss and at evaluation; here the model
 returns them L2-normalised (the cvm contract) which gives the same logits and similarities.
@@ -24,6 +25,7 @@ from cvm.models.backbones.convnext import (
     imagenet_normalize,
     load_keras_convnext_weights,
 )
+from cvm.models.backbones.vit import VIT_VARIANTS, ViTBackbone, load_dinov2_weights
 from cvm.models.netvlad import l2_normalize
 from cvm.models.registry import register
 from cvm.models.two_tower import TwoTowerModel
@@ -43,28 +45,37 @@ __all__ = ["Sample4Geo", "LOGIT_SCALE_INIT", "IMAGENET_MEAN", "IMAGENET_STD", "i
 @register("sample4geo")
 @keras.saving.register_keras_serializable(package="cvm")
 class Sample4Geo(TwoTowerModel):
-    """Sample4Geo retrieval model: a ConvNeXt shared by both views, pooled + LayerNorm, unit descriptors.
+    """Sample4Geo retrieval model: a ConvNeXt (or DINOv2 ViT) shared by both views, unit descriptors.
 
     Paper: "Sample4Geo: Hard Negative Sampling For Cross-View Geo-Localisation", Deuser, Habel and Oswald,
     ICCV 2023, https://arxiv.org/abs/2303.11851 (code: https://github.com/Skyy93/Sample4Geo).
 
     `{"ground": [B, Hg, Wg, 3], "aerial": [B, Ha, Wa, 3]}` -> `{"ground": [B, D], "aerial": [B, D]}`, D the
-    last stage's width (1024 for ConvNeXt-Base). Inputs are RGB images normalised with the ImageNet mean and
-    std (`imagenet_normalize` of 0-255 images), any size of at least 32 px a side (paper: aerial 384x384,
-    panorama 140x768). The model owns the learnable `logit_scale` (log of the InfoNCE logit multiplier,
-    initialised to log(1/0.07) = 2.659) that `cvm.losses.SymmetricInfoNCE` takes; it is saved with the model.
+    last stage's width (1024 for ConvNeXt-Base; the ViT's width for DINOv2: 384 / 768 / 1024). Inputs are RGB
+    images normalised with the ImageNet mean and std (`imagenet_normalize` of 0-255 images), any size of at
+    least 32 px a side (ViT: 14; paper: aerial 384x384, panorama 140x768, which a ViT/14 sees as 27x27 and
+    10x54 patches, one shared ViT resampling its position embeddings per view: cvm.models.backbones.vit). The
+    model owns the learnable `logit_scale` (log of the InfoNCE logit multiplier, initialised to log(1/0.07) =
+    2.659) that `cvm.losses.SymmetricInfoNCE` takes; it is saved with the model.
     Descriptors leave in float32 under mixed precision.
 
     Args:
-        backbone: "convnext_tiny", "convnext_small" or "convnext_base" (the paper's, at 384 px).
-        weights: None (random init), "imagenet" (Keras' ImageNet ConvNeXt of `backbone`, downloaded at 224 px
-            pretraining; the paper's 384 px timm weights come in through `cvm convert --torch_checkpoint`) or
-            the path of a local Keras ConvNeXt notop `.h5` / `.weights.h5` / `.keras` file.
-        backbone_width: channel multiplier of the ConvNeXt stages (1.0 is the variant; 0.25 trains on a CPU;
-            needs weights=None otherwise).
+        backbone: "convnext_tiny", "convnext_small" or "convnext_base" (the paper's, at 384 px); or a DINOv2
+            ViT/14: "dinov2_small", "dinov2_base", "dinov2_large", each also with "_reg4" (4 register tokens).
+        weights: None (random init). ConvNeXt: "imagenet" (Keras' ImageNet ConvNeXt of `backbone`, downloaded
+            at 224 px pretraining; the paper's 384 px timm weights come in through `cvm convert
+            --torch_checkpoint`) or the path of a local Keras ConvNeXt notop `.h5` / `.weights.h5` / `.keras`
+            file. DINOv2: the path of a local timm or official DINOv2 state dict (`.pth` / `.bin` /
+            `.safetensors`) or keras-hub DINOV2Backbone preset directory, loaded strictly; preset names cannot
+            be downloaded here and raise an error saying how to get the file.
+        backbone_width: channel multiplier of the ConvNeXt stages / ViT width (1.0 is the variant; 0.125-0.25
+            trains on a CPU; needs weights=None otherwise).
         backbone_depths: blocks per stage (e.g. (1, 1, 2, 1)); None keeps the variant's (3, 3, 27, 3) for base.
+            A ViT has one stage: (blocks,), e.g. (2,).
         share_towers: one backbone for both views, as Sample4Geo (False: one per view).
         drop_path_rate: stochastic-depth rate of the last block (0 as the paper's timm default).
+        backbone_pos_grid: DINOv2 only: side of the learned position-embedding grid (None: 37, DINOv2's 518 px
+            pretraining; a timm model made with img_size=384 has 27); `cvm convert` reads it from checkpoints.
 
     Example:
     ```python
@@ -79,12 +90,20 @@ class Sample4Geo(TwoTowerModel):
     l2_normalized = True
     infonce = True  # trained with the symmetric InfoNCE on its own logit_scale (cvm.losses.infonce)
 
-    def __init__(self, backbone: typing.Literal["convnext_tiny", "convnext_small", "convnext_base"] = "convnext_base",
+    def __init__(self, backbone: typing.Literal["convnext_tiny", "convnext_small", "convnext_base", "dinov2_small",
+                                                "dinov2_base", "dinov2_large", "dinov2_small_reg4", "dinov2_base_reg4",
+                                                "dinov2_large_reg4"] = "convnext_base",
                  weights: Optional[str] = None, backbone_width: float = 1.0, backbone_depths: Optional[tuple] = None,
-                 share_towers: bool = True, drop_path_rate: float = 0.0, **kwargs):
+                 share_towers: bool = True, drop_path_rate: float = 0.0, backbone_pos_grid: Optional[int] = None,
+                 **kwargs):
         super().__init__(**kwargs)
-        if backbone not in VARIANTS:
-            raise CvmError(f"unknown Sample4Geo backbone {backbone!r}; valid: {', '.join(VARIANTS)}")
+        if backbone not in VARIANTS and backbone not in VIT_VARIANTS:
+            raise CvmError(f"unknown Sample4Geo backbone {backbone!r}; valid: {', '.join([*VARIANTS, *VIT_VARIANTS])}")
+        is_vit = backbone in VIT_VARIANTS
+        if is_vit and backbone_depths is not None and len(tuple(backbone_depths)) != 1:
+            raise CvmError(f"a ViT backbone has one stage: backbone_depths must be (blocks,), got {backbone_depths}")
+        if backbone_pos_grid is not None and not is_vit:
+            raise CvmError(f"backbone_pos_grid is a DINOv2 option; {backbone} has no position embeddings")
         if weights is not None and (float(backbone_width) != 1.0 or backbone_depths is not None):
             raise CvmError(f"weights={weights!r} needs backbone_width=1.0 and backbone_depths=None (got "
                            f"{backbone_width}, {backbone_depths}); pass weights=None")
@@ -94,19 +113,29 @@ class Sample4Geo(TwoTowerModel):
         self.backbone_depths = None if backbone_depths is None else tuple(int(d) for d in backbone_depths)
         self.share_towers = bool(share_towers)
         self.drop_path_rate = float(drop_path_rate)
-        tower = dict(variant=backbone, width=self.backbone_width, depths=self.backbone_depths,
-                     drop_path_rate=self.drop_path_rate)
+        self.backbone_pos_grid = None if backbone_pos_grid is None else int(backbone_pos_grid)
+        if is_vit:
+            # One ViT serves both view sizes: its position embeddings are resampled per call.
+            tower_class, load_weights = ViTBackbone, load_dinov2_weights
+            tower = dict(variant=backbone, width=self.backbone_width, drop_path_rate=self.drop_path_rate,
+                         depth=None if self.backbone_depths is None else self.backbone_depths[0])
+            if self.backbone_pos_grid is not None:
+                tower["pos_grid"] = self.backbone_pos_grid
+        else:
+            tower_class, load_weights = ConvNeXtBackbone, load_keras_convnext_weights
+            tower = dict(variant=backbone, width=self.backbone_width, depths=self.backbone_depths,
+                         drop_path_rate=self.drop_path_rate)
         if self.share_towers:
-            self.ground_backbone = ConvNeXtBackbone(name="backbone", **tower)
+            self.ground_backbone = tower_class(name="backbone", **tower)
             self.aerial_backbone = self.ground_backbone
         else:
-            self.ground_backbone = ConvNeXtBackbone(name="ground_backbone", **tower)
-            self.aerial_backbone = ConvNeXtBackbone(name="aerial_backbone", **tower)
+            self.ground_backbone = tower_class(name="ground_backbone", **tower)
+            self.aerial_backbone = tower_class(name="aerial_backbone", **tower)
         self.descriptor_dim = self.ground_backbone.output_dim
         self.build()
         if self.weights_source is not None:
             for backbone_layer in self.backbones:
-                load_keras_convnext_weights(backbone_layer, self.weights_source)
+                load_weights(backbone_layer, self.weights_source)
 
     @property
     def backbones(self) -> list:

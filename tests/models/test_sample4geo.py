@@ -74,7 +74,7 @@ def test_save_reload_and_registry(tmp_path):
     assert again.get_config()["backbone_depths"] == [1, 1, 1, 1]
     help_texts = Sample4Geo.option_help()
     assert set(help_texts) == {"backbone", "weights", "backbone_width", "backbone_depths", "share_towers",
-                               "drop_path_rate"}
+                               "drop_path_rate", "backbone_pos_grid"}
     assert all(help_texts.values())
 
 
@@ -95,6 +95,18 @@ def test_bad_options_raise_cvm_error():
         Sample4Geo(weights="imagenet", **SMALL)
     with pytest.raises(CvmError, match="3 channels"):
         Sample4Geo(**SMALL).encode_aerial(np.zeros((1, 32, 32, 4), "float32"))
+    with pytest.raises(CvmError, match="backbone_pos_grid is a DINOv2 option"):
+        Sample4Geo(backbone_pos_grid=27, **SMALL)
+    with pytest.raises(CvmError, match="one stage"):
+        Sample4Geo(backbone="dinov2_small", backbone_width=0.125, backbone_depths=(1, 1, 1, 1))
+
+
+def test_backbone_choices_include_dinov2():
+    """The --backbone flag's choices come from the constructor's Literal (cvm.training.config)."""
+    import typing
+
+    choices = typing.get_args(Sample4Geo.option_parameters()["backbone"].annotation)
+    assert {"convnext_base", "dinov2_small", "dinov2_base", "dinov2_large", "dinov2_small_reg4"} <= set(choices)
 
 
 def test_trains_in_the_retrieval_trainer_with_the_bound_logit_scale():

@@ -1,4 +1,5 @@
-"""Backbones that methods are built from: ConvNeXt (timm / Keras layout) for Sample4Geo-class models."""
+"""Backbones that methods are built from: ConvNeXt (timm / Keras layout) and DINOv2 ViTs (timm layout) for
+Sample4Geo-class models."""
 
 from cvm.models.backbones.convnext import (  # noqa: F401
     IMAGENET_MEAN,
@@ -10,4 +11,12 @@ from cvm.models.backbones.convnext import (  # noqa: F401
     keras_convnext,
     load_keras_convnext_weights,
     variant_config,
+)
+from cvm.models.backbones.vit import (  # noqa: F401
+    VIT_VARIANTS,
+    ViTBackbone,
+    ViTBlock,
+    load_dinov2_weights,
+    timm_vit_targets,
+    vit_config,
 )
