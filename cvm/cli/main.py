@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 VERBS = {
     "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder), polar "
                             "(precompute SAFA polar maps)"),
-    "train": ("cvm.cli.train", "train or resume a retrieval model (no flags: the synthetic-world quickstart) "
+    "train": ("cvm.cli.train", "train or resume a retrieval model (no --flagfile / --method: the synthetic-world quickstart, "
+                               "experiments/quickstart.cfg) "
                                "or a synthesis GAN (--method xfork, xseq, ...)"),
     "synthesize": ("cvm.cli.synthesize", "write generated images of a trained synthesis GAN for a split (resumable)"),
     "eval": ("cvm.cli.eval", "evaluate a trained model: recall@K / top-1% JSON, recall curve, retrieval grid"),
@@ -64,6 +65,20 @@ def shipped_flagfiles(args: list) -> list:
     return out
 
 
+# `cvm train` without --flagfile and without --method trains this experiment (any flag given overrides it).
+QUICKSTART = "experiments/quickstart.cfg"
+
+
+def with_quickstart(args: list) -> list:
+    """`cvm train`'s arguments with the quickstart flagfile first when they name no flagfile and no method."""
+    names = {a.lstrip("-").split("=", 1)[0] for a in args if a.startswith("-")}
+    if names & {"flagfile", "method", "help", "helpfull", "h", "helpshort"}:
+        return args
+    from cvm import resources
+
+    return [f"--flagfile={resources.find_flagfile(QUICKSTART)}"] + list(args)
+
+
 def run(argv=None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "-help", "help", "--helpfull"):
@@ -82,6 +97,8 @@ def run(argv=None) -> None:
     from cvm.cli import quiet
 
     argv[2:] = shipped_flagfiles(argv[2:])
+    if verb == "train":
+        argv[2:] = with_quickstart(argv[2:])
     quiet.configure(argv[2:])  # before anything imports TensorFlow
     module = importlib.import_module(VERBS[verb][0])
     module.run([f"cvm {verb}"] + argv[2:])

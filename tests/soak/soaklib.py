@@ -20,7 +20,7 @@ KILLED = re.compile(r"cvm faultinject: kill at (\S+), global step (\d+)")
 # CVM-Net-I: 3 epochs of 6 steps, a checkpoint every 4 steps and at each epoch end (steps 4, 6, 8, 12,
 # 16, 18), validation and best/ after every epoch. Losses are logged every 5 steps (not a divisor of
 # the checkpoint interval, so a NaN check that ran only at log points would name the wrong step).
-RETRIEVAL = ["--synthetic_pairs=60", "--ground_size=32,128", "--aerial_size=64,64", "--batch_size=8",
+RETRIEVAL = ["--method=cvm_net_i", "--synthetic_pairs=60", "--ground_size=32,128", "--aerial_size=64,64", "--batch_size=8",
              "--output_dim=16", "--clusters=4", "--backbone_width=0.0625", "--keep_prob=1.0", "--lr=3e-4",
              "--eval_batch_size=12", "--nojit_compile", "--epochs=3", "--steps_per_epoch=6",
              "--checkpoint_every_steps=4", "--log_every_steps=5", "--deterministic"]

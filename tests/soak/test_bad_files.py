@@ -102,7 +102,7 @@ def test_hundred_bad_files_in_a_thousand_pairs(tmp_path):
 
     # cvm train, killed mid-epoch and resumed: completes; faults.txt names each unreadable file once.
     model_dir = str(tmp_path / "run")
-    args = ["train", "--dataset=cvusa", f"--root={root}", f"--model_dir={model_dir}", "--val_split=val",
+    args = ["train", "--method=cvm_net_i", "--dataset=cvusa", f"--root={root}", f"--model_dir={model_dir}", "--val_split=val",
             "--ground_size=32,128", "--aerial_size=64,64", "--batch_size=8", "--output_dim=16", "--clusters=4",
             "--backbone_width=0.0625", "--keep_prob=1.0", "--eval_batch_size=50", "--nojit_compile", "--epochs=1",
             "--checkpoint_every_steps=20", "--log_every_steps=20"]

@@ -16,8 +16,8 @@ from cvm.training.config import TrainConfig
 from cvm.training.loop import Run
 
 # A tiny run: 120 synthetic pairs (96 train, 24 val), 32x128 panoramas, 64x64 aerials.
-TINY = dict(synthetic_pairs=120, ground_size=(32, 128), aerial_size=(64, 64), batch_size=8, output_dim=64,
-            clusters=8, keep_prob=1.0, lr=3e-4, eval_batch_size=24, jit_compile=False)
+TINY = dict(method="cvm_net_i", synthetic_pairs=120, ground_size=(32, 128), aerial_size=(64, 64), batch_size=8,
+            output_dim=64, clusters=8, keep_prob=1.0, lr=3e-4, eval_batch_size=24, jit_compile=False)
 
 
 def tiny_config(model_dir, **overrides):
