@@ -66,7 +66,9 @@ def main(argv) -> int:
     if config.fov_deg < 360.0:
         ground_width = max(1, int(round(spec.ground_size[1] * config.fov_deg / 360.0)))
     rows = (0.25, 0.75) if config.dataset == "cvact" else None
-    metadata = {"method": config.method, "checkpoint": described, "model_dir": FLAGS.model_dir}
+    # fov_deg in every format: `cvm locate --fov_deg` checks photos against it (SavedModelTowers.fov_deg).
+    metadata = {"method": config.method, "checkpoint": described, "model_dir": FLAGS.model_dir,
+                "fov_deg": config.fov_deg}
     dim = encoder.descriptor_dim
     if FLAGS.format == "savedmodel":
         from cvm.export.savedmodel import export_savedmodel
@@ -86,7 +88,7 @@ def main(argv) -> int:
     polar_side = FLAGS.polar_source_size
     if polar_side is None and spec.aerial_polar:
         polar_side = default_polar_source_size(config.dataset)
-    metadata.update(cvm_version=cvm.__version__, dataset=config.dataset, fov_deg=config.fov_deg)
+    metadata.update(cvm_version=cvm.__version__, dataset=config.dataset)
     info = export(encoder, spec, FLAGS.out, input_order=FLAGS.input_order, ground_rows=rows,
                   ground_width=ground_width, polar_source_size=polar_side, metadata=metadata)
     sizes = ", ".join(f"{t} {'x'.join(map(str, info[t]['input_size']))}" for t in ("ground", "aerial"))

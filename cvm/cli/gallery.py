@@ -10,7 +10,9 @@ orthophotos cut into cells of --cell_m metres every --stride_m (--geotiff FILE|D
 one mosaic), or an XYZ tile folder {z}/{x}/{y}.png|jpg (--tiles DIR --zoom Z --cell_m M). Cells are resampled
 to the model's aerial input. The build writes shards as it goes and resumes after an interruption (run the
 same command again); --runner beam runs the embedding as an Apache Beam pipeline (--beam_options passes
-runner options: --runner=FlinkRunner ...). Then `cvm locate IMAGE --gallery DIR`.
+runner options: --runner=FlinkRunner ...). A correlation model (--method dsm) stores its aerial feature maps
+and builds no FAISS index (--index hnsw / ivfpq and --index_params are refused): `cvm locate` correlates them.
+Then `cvm locate IMAGE --gallery DIR`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ flags.DEFINE_integer("shard_size", 4096, "Candidate cells per shard (the unit of
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Cells per forward pass.", lower_bound=1)
 flags.DEFINE_enum("index", "auto", ["auto", "exact", "hnsw", "ivfpq"],
-                  "Vector index: exact inner product, HNSW, IVF-PQ, or auto (exact up to 1e5 cells, HNSW up to 5e6).")
+                  "Vector index: exact inner product, HNSW, IVF-PQ, or auto (exact up to 1e5 cells, HNSW up to 5e6). "
+                  "A correlation model's (DSM) gallery has no FAISS index: auto or exact only.")
 flags.DEFINE_string("index_params", None, "JSON overriding the index parameters, e.g. '{\"efSearch\": 256}'.")
 flags.DEFINE_enum("runner", "local", ["local", "beam"], "Embed in this process or as an Apache Beam pipeline "
                                                         "(needs --saved_model).")
@@ -137,9 +140,13 @@ def main(argv) -> int:
     idx = summary["index"]
     recall = idx["recall@10_vs_exact"]
     rate = summary["cells_per_second"]
+    if summary.get("correlation"):  # DSM: no FAISS index, `cvm locate` correlates the shards' maps
+        index = "correlation search (exact, streamed over the shards; no FAISS index)"
+    else:
+        index = f"index {idx['kind']} {json.dumps(idx['params'])}"
     print(f"gallery {FLAGS.gallery}: {summary['cells']} cells of {summary['candidates']} candidates (skipped: "
           f"{skipped}), {summary['dim']}-d, {summary['shards']} shards ({summary['resumed_shards']} already built)"
-          f"{f', {rate:g} cells/s' if rate else ''}; index {idx['kind']} {json.dumps(idx['params'])}"
+          f"{f', {rate:g} cells/s' if rate else ''}; {index}"
           f"{f', recall@10 vs exact {recall:.3f}' if recall is not None else ''}; model fingerprint "
           f"{summary['fingerprint']}")
     return 0

@@ -3,10 +3,12 @@
   cvm locate photo.jpg --gallery galleries/town [--k 10] [--fov_deg 90] [--json] [--out results/]
 
 Prints, per image, the ranked hits with latitude / longitude, score (cosine similarity) and the distance of
-each hit from the top one (hits that agree lie close together). --out DIR writes DIR/<image>.png (the
-gallery mosaic around the hits with ranked markers, under the query) and DIR/<image>.html (the same as a
-self-contained page that works offline). The model defaults to the SavedModel the gallery was built from;
---model_dir / --saved_model / --onnx_model give another copy of it (a different model is refused).
+each hit from the top one (hits that agree lie close together). A correlation gallery (--method dsm) adds
+each hit's heading: where the photo's centre looks, in degrees clockwise from north (JSON "heading_deg",
+null for other methods). --out DIR writes DIR/<image>.png (the gallery mosaic around the hits with ranked
+markers and heading arrows, under the query) and DIR/<image>.html (the same as a self-contained page that
+works offline). The model defaults to the SavedModel the gallery was built from; --model_dir / --saved_model /
+--onnx_model give another copy of it (a different model is refused).
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ def main(argv) -> int:
         return 0
     for entry in report:
         top = entry["hits"][0]
-        print(f"{entry['image']}: {top['lat']:.6f}, {top['lon']:.6f} (score {top['score']:.3f}); top-5 within "
-              f"{entry['spread_top5_m']:.0f} m of the first")
+        facing = "" if top["heading_deg"] is None else f", facing {top['heading_deg']:.1f} deg"
+        print(f"{entry['image']}: {top['lat']:.6f}, {top['lon']:.6f} (score {top['score']:.3f}{facing}); top-5 "
+              f"within {entry['spread_top5_m']:.0f} m of the first")
         for h in entry["hits"]:
+            heading = "" if h["heading_deg"] is None else f"  heading {h['heading_deg']:5.1f} deg"
             print(f"  {h['rank']:>3}  {h['lat']:11.6f} {h['lon']:11.6f}  score {h['score']:.4f}  "
-                  f"{h['distance_to_top1_m']:8.1f} m  {h['name']}")
+                  f"{h['distance_to_top1_m']:8.1f} m{heading}  {h['name']}")
         if FLAGS.out:
             print(f"  wrote {entry['png']} and {entry['html']}")
     return 0

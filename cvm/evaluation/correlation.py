@@ -11,7 +11,11 @@ Memory: queries are taken in chunks; each chunk sweeps the gallery in blocks, ke
 similarities (float32) and orientations (int32); a block's spectra product and scores ([chunk, block, Wa])
 are freed after it. Both chunk sizes follow `memory_budget_bytes`. Ranks follow recall.py's convention
 (strictly more similar references; ties count for the query), the true match's similarity read from the same
-computation; top-k indices and their orientations are kept, and the orientation of every query's true match.
+computation; top-k indices with their similarities and orientations are kept, and the orientation of every
+query's true match.
+
+`correlation_topk` runs the same search over a sequence of reference blocks (a gallery's shards: `cvm locate`)
+and merges their top-k, with each hit's similarity and shift.
 
 `search_orientation=False` is DSM's known-orientation test (test_grd_noise = 0): the aerial map cropped at
 shift 0, normalised, then the plain inner product (cvm.evaluation.recall).
@@ -20,7 +24,7 @@ shift 0, normalised, then the plain inner product (cvm.evaluation.recall).
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -131,12 +135,14 @@ def _rank_reduce(sims: tf.Tensor, orient: tf.Tensor, positives: tf.Tensor, top_k
     ranks = tf.reduce_sum(tf.cast(sims > true_sim[:, None], tf.int32), axis=1)
     true_orient = tf.gather(orient, positives, axis=1, batch_dims=1)
     if top_k:
-        topk = tf.math.top_k(sims, k=top_k, sorted=True).indices
+        top = tf.math.top_k(sims, k=top_k, sorted=True)  # equal values: the lower index first
+        topk, topk_sims = top.indices, top.values
         topk_orient = tf.gather(orient, topk, axis=1, batch_dims=1)
     else:
         topk = topk_orient = tf.zeros([tf.shape(sims)[0], 0], tf.int32)
+        topk_sims = tf.zeros([tf.shape(sims)[0], 0], tf.float32)
     finite = tf.reduce_all(tf.math.is_finite(sims))
-    return ranks, true_orient, topk, topk_orient, finite
+    return ranks, true_orient, topk, topk_orient, topk_sims, finite
 
 
 def stream_correlation_ranks(
@@ -158,7 +164,7 @@ def stream_correlation_ranks(
     queries are the grounds and `positives` indexes the aerials; for aerial_to_ground the reverse. The
     orientation of a (ground, aerial) pair is the same in both directions (the aerial shift, 0..Wa-1).
     Returns {"ranks": int64 [Nq], "topk_indices": int32 [Nq, k], "topk_orientations": int32 [Nq, k],
-    "true_orientations": int32 [Nq], "n_queries", "n_references"}.
+    "topk_similarities": float32 [Nq, k], "true_orientations": int32 [Nq], "n_queries", "n_references"}.
     """
     if direction not in DIRECTIONS:
         raise CvmError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -181,7 +187,7 @@ def stream_correlation_ranks(
     block = _block_kernel(int(wa))
     device = device or default_device()
 
-    out = {"ranks": [], "true": [], "topk": [], "topk_orient": []}
+    out = {"ranks": [], "true": [], "topk": [], "topk_orient": [], "topk_sims": []}
     starts = range(0, n_queries, chunk_size)
     if progress:
         from tqdm import tqdm
@@ -207,23 +213,66 @@ def stream_correlation_ranks(
                 orients.append(o)
             sims = tf.concat(sims, axis=1)
             orients = tf.concat(orients, axis=1)
-            ranks, true_o, topk, topk_o, finite = _rank_reduce(sims, orients, tf.constant(positives[start:stop]), top_k)
+            ranks, true_o, topk, topk_o, topk_s, finite = _rank_reduce(sims, orients,
+                                                                       tf.constant(positives[start:stop]), top_k)
             if not bool(finite):
                 raise CvmError("similarities contain NaN or infinite values (diverged model or bad checkpoint?)")
             out["ranks"].append(ranks.numpy())
             out["true"].append(true_o.numpy())
             out["topk"].append(topk.numpy())
             out["topk_orient"].append(topk_o.numpy())
+            out["topk_sims"].append(topk_s.numpy())
     return {
         "ranks": np.concatenate(out["ranks"]).astype(np.int64),
         "true_orientations": np.concatenate(out["true"]).astype(np.int32),
         "topk_indices": np.concatenate(out["topk"]).astype(np.int32),
         "topk_orientations": np.concatenate(out["topk_orient"]).astype(np.int32),
+        "topk_similarities": np.concatenate(out["topk_sims"]).astype(np.float32),
         "n_queries": int(n_queries),
         "n_references": int(n_references),
         "chunk_size": chunk_size,
         "block_size": block_size,
     }
+
+
+def correlation_topk(
+    ground,
+    aerial_blocks: Iterable[np.ndarray],
+    top_k: int,
+    *,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    device: Optional[str] = None,
+) -> dict:
+    """Top-k aerials of each ground query by DSM's correlation similarity (Shi et al., CVPR 2020), streamed.
+
+    ground [Nq, H, Wg, C] unit maps; aerial_blocks: consecutive [n_b, H, Wa, C] blocks of one reference list
+    (a gallery's shards), each searched by `stream_correlation_ranks` and merged into a running top-k, so
+    memory is one block's spectra and a [chunk, block] similarity matrix, never the whole gallery. Indices
+    are global (block offsets added); equal similarities keep the lower index first, as within a block.
+    Returns {"similarities": float32 [Nq, k], "indices": int64 [Nq, k], "orientations": int32 [Nq, k] (the
+    best shift, 0..Wa-1), "n_references"}, k = min(top_k, references).
+    """
+    ground = np.asarray(ground, np.float32)
+    nq = ground.shape[0]
+    best_s = np.zeros((nq, 0), np.float32)
+    best_i = np.zeros((nq, 0), np.int64)
+    best_o = np.zeros((nq, 0), np.int32)
+    offset = 0
+    no_truth = np.zeros(nq, np.int64)  # ranks against a true match are not wanted here
+    for block in aerial_blocks:
+        if len(block) == 0:
+            continue
+        found = stream_correlation_ranks(ground, block, positives=no_truth, top_k=min(int(top_k), len(block)),
+                                         memory_budget_bytes=memory_budget_bytes, device=device)
+        s = np.concatenate([best_s, found["topk_similarities"]], axis=1)
+        i = np.concatenate([best_i, found["topk_indices"].astype(np.int64) + offset], axis=1)
+        o = np.concatenate([best_o, found["topk_orientations"]], axis=1)
+        keep = np.argsort(-s, axis=1, kind="stable")[:, : int(top_k)]  # stable: earlier (lower) ids win ties
+        best_s, best_i, best_o = (np.take_along_axis(a, keep, 1) for a in (s, i, o))
+        offset += len(block)
+    if offset == 0:
+        raise CvmError("no aerial maps to search: the gallery holds no cells")
+    return {"similarities": best_s, "indices": best_i, "orientations": best_o, "n_references": offset}
 
 
 def known_orientation_descriptors(ground: np.ndarray, aerial: np.ndarray) -> tuple:
@@ -307,5 +356,5 @@ def evaluate_correlation(
     return results
 
 
-__all__ = ["as_maps", "chunk_sizes", "evaluate_correlation", "known_orientation_descriptors", "spectra",
-           "stream_correlation_ranks", "window_energies"]
+__all__ = ["as_maps", "chunk_sizes", "correlation_topk", "evaluate_correlation", "known_orientation_descriptors",
+           "spectra", "stream_correlation_ranks", "window_energies"]

@@ -10,6 +10,7 @@ the original's plain |delta| so that its numbers can be reproduced.
 The original's labels, `np.around(((512 - shift) / 512 * 64) % 64)`, round *after* the modulo, so shifts
 1..4 px give label 64 (never predicted: the argmax is in 0..63; 63.5 rounds to even 64). `orientation_label(..., original=True)`
 reproduces that; the default wraps the rounded value into 0..B-1. Degrees: error_bins * 360 / B.
+`heading_deg` turns a shift into the heading of the query's centre, as `cvm locate` reports it.
 """
 
 from __future__ import annotations
@@ -94,6 +95,21 @@ def expected_bin_from_roll(roll_px, start_px: int, pano_width: int, bins: int) -
     return np.around(offset / pano_width * bins).astype(np.int64) % int(bins)
 
 
+def heading_deg(shift, bins: int, ground_fov_deg: float = 360.0):
+    """Heading of a query's centre column, clockwise from north in [0, 360), from its best correlation shift (DSM).
+
+    cvm.data.augment's panorama convention puts azimuth 180 + 360 x / W at horizontal position x (column j's
+    centre x = j + 0.5; north at the centre, x = W / 2). At shift k the query's first column lies at panorama
+    position k W / bins (`expected_bin_from_roll`), so its centre, ground_fov_deg / 2 further on, looks at
+    180 + 360 k / bins + ground_fov_deg / 2: 360 k / bins for a whole panorama. ground_fov_deg is the crop's
+    true width (360 * crop columns / panorama columns). Resolution: one bin (360 / bins degrees).
+    """
+    k = np.asarray(shift, np.float64)
+    heading = np.mod(180.0 + 360.0 * k / int(bins) + 0.5 * float(ground_fov_deg), 360.0)
+    heading = np.where(heading >= 360.0, heading - 360.0, heading)  # never 360.0 after rounding
+    return float(heading) if heading.ndim == 0 else heading
+
+
 def summarise(predicted, label, bins: int, wrap: bool = True, original_too: bool = True,
               true_deg: Optional[np.ndarray] = None) -> dict:
     """`orientation_metrics` with the chosen convention, plus the original's (unwrapped) under "original"."""
@@ -105,5 +121,5 @@ def summarise(predicted, label, bins: int, wrap: bool = True, original_too: bool
     return out
 
 
-__all__ = ["angular_error_deg", "bin_error", "expected_bin_from_roll", "orientation_label", "orientation_metrics",
-           "summarise"]
+__all__ = ["angular_error_deg", "bin_error", "expected_bin_from_roll", "heading_deg", "orientation_label",
+           "orientation_metrics", "summarise"]

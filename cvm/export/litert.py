@@ -169,6 +169,9 @@ def export_litert(encoder, spec, out_dir: str, input_order: str = "rgb", ground_
     info = {"format": "litert", "input_order": input_order, **towers_lib.spec_facts(spec),
             "descriptor_dim": int(getattr(encoder, "descriptor_dim", 0)), "converter": {}, "check": {},
             **(metadata or {})}
+    correlation = towers_lib.correlation_layout(encoder, spec, ground_width)
+    if correlation:  # DSM: flattened maps compared by correlation (cvm.geo galleries read the layout)
+        info["correlation"] = correlation
     for tower in towers_lib.TOWERS:
         model, signature = towers_lib.serving_model(encoder, spec, tower, input_order, layout,
                                                     polar_fn=polar_transform_f32)

@@ -152,6 +152,9 @@ def export_onnx(encoder, spec, out_dir: str, input_order: str = "rgb", ground_ro
     info = {"format": "onnx", "input_order": input_order, **towers_lib.spec_facts(spec),
             "descriptor_dim": int(getattr(encoder, "descriptor_dim", 0)),
             "opset": OPSET, "converter": {}, "check": {}, **(metadata or {})}
+    correlation = towers_lib.correlation_layout(encoder, spec, ground_width)
+    if correlation:  # DSM: flattened maps compared by correlation (cvm.geo galleries read the layout)
+        info["correlation"] = correlation
     for tower in towers_lib.TOWERS:
         model, signature = towers_lib.serving_model(encoder, spec, tower, input_order, layout)
         path = os.path.join(out_dir, f"{tower}.onnx")

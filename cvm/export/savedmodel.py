@@ -22,6 +22,7 @@ import tensorflow as tf
 from cvm.data.images import ImageSpec
 from cvm.data.pipeline import normalise_batch
 from cvm.errors import CvmError
+from cvm.export.towers import correlation_layout
 
 
 def polar_transform_tf(images, height: int, width: int, stretch: bool):
@@ -118,9 +119,14 @@ def export_savedmodel(encoder, spec: ImageSpec, out_dir: str, input_order: str =
     archive.add_endpoint(name="ground", fn=ground_fn, input_signature=[image_spec])
     archive.add_endpoint(name="aerial", fn=aerial_fn, input_signature=[image_spec])
     archive.write_out(out_dir, verbose=False)
+    # aerial_polar: the aerial endpoint takes the square source aerial (cvm.geo.towers cuts gallery cells so).
     info = {"ground_size": list(ground_size), "aerial_size": list(aerial_size), "input_order": input_order,
+            "aerial_polar": bool(spec.aerial_polar), "polar_stretch": bool(spec.polar_stretch),
             "mean": list(spec.mean) if spec.mean is not None else None, "ground_rows": ground_rows,
             "descriptor_dim": int(getattr(encoder, "descriptor_dim", 0)), **(metadata or {})}
+    correlation = correlation_layout(encoder, spec, ground_width)
+    if correlation:  # DSM: descriptors are flattened maps, compared by correlation (cvm.geo galleries read it)
+        info["correlation"] = correlation
     os.makedirs(os.path.join(out_dir, "assets"), exist_ok=True)
     with open(os.path.join(out_dir, "assets", "cvm.json"), "w") as f:
         json.dump(info, f, indent=1, default=str)

@@ -43,6 +43,22 @@ def default_polar_source_size(dataset: str) -> int:
     return {"cvusa": 750, "cvact": 1200}.get(dataset, 256)
 
 
+def correlation_layout(encoder, spec, ground_width: Optional[int] = None) -> Optional[dict]:
+    """What a correlation gallery needs of a DSM model (Shi et al., CVPR 2020); None for plain-descriptor models.
+
+    {"map_height", "map_channels", "bins" (aerial map columns = azimuth bins), "ground_fov_deg"}: the flattened
+    maps are unflattened with the first three, and ground_fov_deg (360 x the ground input's columns / the
+    panorama's, exact where --fov_deg was rounded to whole columns) places the query's centre for its heading.
+    """
+    if not getattr(encoder, "correlation", False):
+        return None
+    panorama = int(spec.ground_size[1]) if spec.ground_size else None
+    width = int(ground_width or panorama or 0)
+    return {"map_height": int(encoder.map_height), "map_channels": int(encoder.map_channels),
+            "bins": int(encoder.orientation_bins),
+            "ground_fov_deg": 360.0 * width / panorama if panorama and width else 360.0}
+
+
 def tower_layout(spec, ground_rows: Optional[tuple] = None, ground_width: Optional[int] = None,
                  polar_source_size: Optional[int] = None) -> dict:
     """{tower: {"input_size", "rows", "polar", ...}}: what each exported graph takes."""

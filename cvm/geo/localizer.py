@@ -1,4 +1,9 @@
-"""`cvm.Localizer`: load a gallery and a model once, then `locate(image)` -> ranked hits with coordinates."""
+"""`cvm.Localizer`: load a gallery and a model once, then `locate(image)` -> ranked hits with coordinates.
+
+A plain gallery is searched through its FAISS index (inner product of unit descriptors). A correlation gallery
+(DSM, Shi et al., CVPR 2020) is searched exactly, shard by shard, by cvm.evaluation.correlation's streamed FFT
+correlation; each hit then carries the query's estimated heading (cvm.evaluation.orientation.heading_deg).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,11 @@ def haversine_m(lat1, lon1, lat2, lon2):
 
 @dataclasses.dataclass
 class Hit:
-    """One ranked gallery cell: where, how similar (cosine), and how far from the top hit."""
+    """One ranked gallery cell: where, how similar (cosine), and how far from the top hit.
+
+    heading_deg: correlation galleries (DSM) only: the estimated heading of the query's centre column, clockwise
+    from north in [0, 360), at the resolution of the model's azimuth bins; None for plain-descriptor methods.
+    """
 
     rank: int
     score: float
@@ -41,6 +50,7 @@ class Hit:
     source: str
     window: tuple
     distance_to_top1_m: float
+    heading_deg: Optional[float] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,23 +90,45 @@ class Localizer:
         self.towers = model if isinstance(model, Towers) else load_towers(str(model))
         shards_lib.check_fingerprint(gallery, self.manifest["fingerprint"], self.towers.fingerprint,
                                      self.manifest.get("model", ""), self.towers.description)
-        import faiss
-
-        path = os.path.join(gallery, gallery_lib.INDEX_FILE)
-        if not os.path.isfile(path):
-            raise CvmError(f"{path} is missing: run `cvm gallery build` again to rebuild the index")
-        self.index = faiss.read_index(path)
-        index_lib.apply_search_params(self.index, self.manifest["index"]["params"])
-        parts = [shards_lib.read_shard(p, embeddings=False)
-                 for p in shards_lib.shard_paths(gallery, {"shards": self.manifest["shards"]})]
+        self.correlation = self._correlation_layout()
+        self.shard_paths = shards_lib.shard_paths(gallery, {"shards": self.manifest["shards"]})
+        parts = [shards_lib.read_shard(p, embeddings=False) for p in self.shard_paths]
         self.meta = {k: np.concatenate([p[k] for p in parts]) for k in shards_lib.META_KEYS}
-        if len(self.meta["cell_id"]) != self.index.ntotal:
-            raise CvmError(f"{gallery}: the index holds {self.index.ntotal} vectors but the shards "
-                           f"{len(self.meta['cell_id'])} cells; rebuild it with `cvm gallery build`")
+        self.index = None
+        if self.correlation:  # no FAISS index: `_correlation_search` reads the shards' maps
+            vectors = int(self.manifest["cells"])
+        else:
+            import faiss
+
+            path = os.path.join(gallery, gallery_lib.INDEX_FILE)
+            if not os.path.isfile(path):
+                raise CvmError(f"{path} is missing: run `cvm gallery build` again to rebuild the index")
+            self.index = faiss.read_index(path)
+            index_lib.apply_search_params(self.index, self.manifest["index"]["params"])
+            vectors = int(self.index.ntotal)
+        if len(self.meta["cell_id"]) != vectors:
+            raise CvmError(f"{gallery}: the {'manifest' if self.correlation else 'index'} holds {vectors} vectors "
+                           f"but the shards {len(self.meta['cell_id'])} cells; rebuild it with `cvm gallery build`")
         self._source = None
 
+    def _correlation_layout(self) -> Optional[dict]:
+        """The gallery's correlation layout (DSM), checked against the model's; None for a plain gallery."""
+        ours, theirs = self.manifest.get("correlation"), getattr(self.towers, "correlation", None)
+        if theirs and not ours:  # built before correlation galleries: a FAISS index over flattened maps
+            raise CvmError(f"the gallery {self.gallery} holds a FAISS index of {self.towers.description}'s flattened "
+                           "correlation maps, which inner products rank wrongly (it was built by an older cvm): "
+                           "rebuild it with `cvm gallery build` into a new folder")
+        if ours and theirs:
+            keys = ("map_height", "map_channels", "bins")
+            if any(int(ours[k]) != int(theirs[k]) for k in keys):
+                raise CvmError(f"the gallery {self.gallery}'s maps are {'x'.join(str(ours[k]) for k in keys)} "
+                               f"(height x bins x channels) but the model's "
+                               f"{'x'.join(str(theirs[k]) for k in keys)}: rebuild the gallery with this model")
+            return dict(ours, ground_fov_deg=float(theirs["ground_fov_deg"]))  # the ground side is the model's
+        return dict(ours) if ours else None
+
     def __len__(self):
-        return int(self.index.ntotal)
+        return len(self.meta["cell_id"])
 
     @property
     def source(self):
@@ -129,16 +161,48 @@ class Localizer:
             raise CvmError(f"--k must be at least 1, got {k}")
         self._check_fov(fov_deg)
         q = np.ascontiguousarray(self.embed(images), np.float32)
+        if self.correlation:
+            scores, ids, headings = self._correlation_search(q, min(k, len(self)))
+            return [self._hits(s, i, h) for s, i, h in zip(scores, ids, headings)]
         scores, ids = self.index.search(q, min(k, len(self)))
         return [self._hits(s, i) for s, i in zip(scores, ids)]
+
+    def _correlation_search(self, queries: np.ndarray, k: int):
+        """DSM's matching (Shi et al., CVPR 2020) of the queries' maps against every shard: (scores, ids, headings).
+
+        Exact: cvm.evaluation.correlation's streamed FFT search, one shard's maps in memory at a time; the
+        score is the similarity at the best azimuth shift, the heading that shift's (orientation.heading_deg).
+        """
+        from cvm.evaluation import correlation as correlation_lib
+        from cvm.evaluation.orientation import heading_deg
+
+        layout = self.correlation
+        height, channels, bins = (int(layout[key]) for key in ("map_height", "map_channels", "bins"))
+        ground = correlation_lib.as_maps(queries, height, channels, "query")
+
+        def shard_maps():
+            for path in self.shard_paths:
+                with np.load(path) as z:
+                    maps = z["embeddings"]
+                if len(maps):
+                    maps = correlation_lib.as_maps(maps, height, channels, f"gallery shard {path}")
+                    if maps.shape[2] != bins:
+                        raise CvmError(f"gallery shard {path} holds maps {maps.shape[2]} columns wide, the gallery "
+                                       f"{bins}: rebuild it with `cvm gallery build`")
+                    yield maps
+
+        found = correlation_lib.correlation_topk(ground, shard_maps(), k)
+        headings = heading_deg(found["orientations"], bins, layout["ground_fov_deg"])
+        return found["similarities"], found["indices"], np.reshape(headings, found["indices"].shape)
 
     def locate(self, image, k: int = 10, fov_deg: Optional[float] = None) -> List[Hit]:
         """Top-k gallery cells for one ground image (path or RGB uint8 [H, W, 3])."""
         return self.locate_many([image], k, fov_deg)[0]
 
-    def _hits(self, scores, ids) -> List[Hit]:
+    def _hits(self, scores, ids, headings=None) -> List[Hit]:
         keep = ids >= 0  # FAISS pads with -1 when fewer than k are found
         scores, ids = scores[keep], ids[keep]
+        headings = [None] * len(ids) if headings is None else [float(h) for h in np.asarray(headings)[keep]]
         m = self.meta
         lat, lon = m["lat"][ids], m["lon"][ids]
         if np.all(np.isfinite(lat)):
@@ -148,7 +212,8 @@ class Localizer:
         return [Hit(rank=r + 1, score=float(scores[r]), lat=float(lat[r]), lon=float(lon[r]),
                     x=float(m["x"][i]), y=float(m["y"][i]), crs=str(m["crs"][i]), name=str(m["name"][i]),
                     cell_id=int(m["cell_id"][i]), source=str(m["source"][i]),
-                    window=tuple(int(v) for v in m["window"][i]), distance_to_top1_m=float(dist[r]))
+                    window=tuple(int(v) for v in m["window"][i]), distance_to_top1_m=float(dist[r]),
+                    heading_deg=headings[r])
                 for r, i in enumerate(ids)]
 
     def cell_extent_m(self) -> float:

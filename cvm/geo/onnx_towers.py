@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from cvm.geo.towers import Towers, _preprocessing, fingerprint_of, weights_digest
+from cvm.geo.towers import Towers, _preprocessing, exported_correlation, fingerprint_of, weights_digest
 
 
 class OnnxTowers(Towers):
@@ -29,6 +29,7 @@ class OnnxTowers(Towers):
         self.ground_size = tuple(self.ground.input_size)
         self.cell_px = tuple(self.aerial.input_size)  # polar towers take the square source aerial
         self.fov_deg = info.get("fov_deg")
+        self.correlation = exported_correlation(info, folder)
         layout = info["aerial"]
         aerial_size = layout.get("polar_size") or layout["input_size"]
         self.preprocessing = dict(_preprocessing(self.ground_size, aerial_size, info.get("mean"),

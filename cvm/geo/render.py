@@ -3,6 +3,8 @@
 `view(localizer, hits)` picks a square window (in the top hit's CRS) around the hits in that CRS and renders
 the source there; `write_png` draws numbered markers (top hit red) under the query; `write_html` writes a
 self-contained page (images inline as data: URIs, an SVG overlay, no script or style from the network).
+Hits of a correlation gallery (DSM) carry a heading: both draw it as an arrow from the marker (the mosaic is
+north-up in the CRS grid) and print the number beside it.
 """
 
 from __future__ import annotations
@@ -51,18 +53,37 @@ def _thumb(image: np.ndarray, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_LINEAR)
 
 
+def heading_vector(heading_deg: float, length: float) -> tuple:
+    """(d_col, d_row) of a heading (clockwise from north) on a north-up image: north is up, east right."""
+    a = np.radians(heading_deg)
+    return float(length * np.sin(a)), float(-length * np.cos(a))
+
+
+def marker_label(hit: Hit) -> str:
+    """A marker's text: the rank, and the heading where the gallery estimates one (DSM)."""
+    return str(hit.rank) if hit.heading_deg is None else f"{hit.rank} {hit.heading_deg:.0f}\u00b0"
+
+
 def draw_png(query: np.ndarray, mosaic: np.ndarray, markers) -> np.ndarray:
-    """RGB image: the query on top, the mosaic with numbered markers below (rank 1 red, others yellow)."""
+    """RGB image: the query on top, the mosaic with numbered markers below (rank 1 red, others yellow), each
+    with its heading arrow and number when the hits have one (DSM)."""
     out = mosaic.copy()
     radius = max(6, out.shape[0] // 60)
     for h, col, row in reversed(markers):  # rank 1 drawn last, on top
         colour = (230, 40, 40) if h.rank == 1 else (250, 210, 40)
         centre = (int(round(col)), int(round(row)))
+        text = str(h.rank)
+        if h.heading_deg is not None:
+            dx, dy = heading_vector(h.heading_deg, 3.0 * radius)
+            tip = (int(round(col + dx)), int(round(row + dy)))
+            for width, c in ((4, (0, 0, 0)), (2, colour)):
+                cv2.arrowedLine(out, centre, tip, c, width, cv2.LINE_AA, tipLength=0.35)
+            text = f"{h.rank} {h.heading_deg:.0f}deg"  # OpenCV's Hershey fonts have no degree sign
         cv2.circle(out, centre, radius, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.circle(out, centre, radius, colour, 2, cv2.LINE_AA)
-        cv2.putText(out, str(h.rank), (centre[0] + radius, centre[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.putText(out, text, (centre[0] + radius, centre[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, str(h.rank), (centre[0] + radius, centre[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.putText(out, text, (centre[0] + radius, centre[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
                     0.5, colour, 1, cv2.LINE_AA)
     q = _thumb(query, out.shape[1])
     return np.concatenate([q, np.full((4, out.shape[1], 3), 255, np.uint8), out], axis=0)
@@ -93,6 +114,9 @@ body {{ font-family: sans-serif; margin: 1em; background: #fafafa; color: #222; 
 .marker.top circle {{ stroke: #e62828; }}
 .marker circle {{ stroke: #fad228; }}
 .marker text {{ font: bold 13px sans-serif; fill: #fff; paint-order: stroke; stroke: #000; stroke-width: 3; }}
+.marker .heading {{ stroke-width: 3; }}
+.marker.top .heading {{ stroke: #e62828; fill: #e62828; }}
+.marker .heading {{ stroke: #fad228; fill: #fad228; }}
 table {{ border-collapse: collapse; margin-top: 1em; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 tr.selected {{ background: #ffe9a8; }}
@@ -105,7 +129,7 @@ tr.selected {{ background: #ffe9a8; }}
 <div class="view"><img id="mosaic" alt="gallery mosaic around the hits" src="{mosaic}" width="{size}" height="{size}">
 <svg width="{size}" height="{size}" viewBox="0 0 {size} {size}">{markers}</svg></div>
 <table id="hits"><thead><tr><th>rank</th><th>score</th><th>lat</th><th>lon</th><th>x</th><th>y</th>
-<th>distance to #1 (m)</th><th>cell</th></tr></thead><tbody>{rows}</tbody></table>
+<th>distance to #1 (m)</th>{heading_th}<th>cell</th></tr></thead><tbody>{rows}</tbody></table>
 <p id="status"></p>
 <script>
 (function () {{
@@ -133,21 +157,39 @@ def page(title: str, query: np.ndarray, mosaic: np.ndarray, markers, hits: List[
          note: str = "") -> str:
     size = mosaic.shape[0]
     q = _thumb(query, min(size, max(query.shape[1], 256)))
+    headed = any(h.heading_deg is not None for h in hits)
     drawn = []
     for h, col, row in markers:
         cls = "marker top" if h.rank == 1 else "marker"
+        arrow, heading = "", ""
+        if h.heading_deg is not None:
+            heading = f", heading {h.heading_deg:.1f}\u00b0"
+            dx, dy = heading_vector(h.heading_deg, 28.0)
+            hx, hy = heading_vector(h.heading_deg, 8.0)  # the arrow head: a triangle at the tip
+            tip = (col + dx, row + dy)
+            head = [tip, (tip[0] - hx - 0.6 * hy, tip[1] - hy + 0.6 * hx),
+                    (tip[0] - hx + 0.6 * hy, tip[1] - hy - 0.6 * hx)]
+            points = " ".join(f"{x:.1f},{y:.1f}" for x, y in head)
+            arrow = (f'<line class="heading" x1="{col:.1f}" y1="{row:.1f}" x2="{tip[0]:.1f}" y2="{tip[1]:.1f}"></line>'
+                     f'<polygon class="heading" points="{points}"></polygon>')
         drawn.append(f'<g class="{cls}" data-rank="{h.rank}"><title>#{h.rank} {h.lat:.6f}, {h.lon:.6f} '
-                     f'(score {h.score:.3f})</title><circle cx="{col:.1f}" cy="{row:.1f}" r="9"></circle>'
-                     f'<text x="{col + 10:.1f}" y="{row - 10:.1f}">{h.rank}</text></g>')
+                     f'(score {h.score:.3f}{heading})</title>{arrow}<circle cx="{col:.1f}" cy="{row:.1f}" r="9">'
+                     f'</circle><text x="{col + 10:.1f}" y="{row - 10:.1f}">{html.escape(marker_label(h))}</text></g>')
     rows = "".join(
         f'<tr id="hit-{h.rank}"><td>{h.rank}</td><td>{h.score:.4f}</td><td>{h.lat:.6f}</td><td>{h.lon:.6f}</td>'
-        f'<td>{h.x:.1f}</td><td>{h.y:.1f}</td><td>{h.distance_to_top1_m:.1f}</td><td>{html.escape(h.name)}</td></tr>'
+        f'<td>{h.x:.1f}</td><td>{h.y:.1f}</td><td>{h.distance_to_top1_m:.1f}</td>'
+        f'{f"<td>{h.heading_deg:.1f}</td>" if headed else ""}<td>{html.escape(h.name)}</td></tr>'
         for h in hits)
-    hits_json = json.dumps([{"rank": h.rank, "lat": h.lat, "lon": h.lon, "score": h.score} for h in hits])
+    hits_json = json.dumps([{"rank": h.rank, "lat": h.lat, "lon": h.lon, "score": h.score,
+                             "heading_deg": h.heading_deg} for h in hits])
     hits_json = hits_json.replace("</", "<\\/")  # never closes the script element
+    if headed and not note:
+        note = ("markers: rank 1 red; arrows: the estimated heading of the photo's centre (clockwise from north, "
+                "the map north-up)")
     return _PAGE.format(title=html.escape(title), query=_data_uri(q), qw=q.shape[1], qh=q.shape[0], k=len(hits),
                         cells=cells, index=html.escape(index), note=html.escape(note) or "markers: rank 1 red",
-                        mosaic=_data_uri(mosaic), size=size, markers="".join(drawn), rows=rows, hits_json=hits_json)
+                        mosaic=_data_uri(mosaic), size=size, markers="".join(drawn), rows=rows, hits_json=hits_json,
+                        heading_th="<th>heading (\u00b0)</th>" if headed else "")
 
 
 def write_html(path: str, text: str) -> None:

@@ -53,7 +53,9 @@ class Towers(abc.ABC):
     """Interface: embed_aerial / embed_ground take uint8 RGB [B, H, W, 3] and return float32 [B, D] unit rows.
 
     Attributes: fingerprint, preprocessing (dict), cell_px ((h, w) gallery cells are resampled to),
-    ground_size, fov_deg (ground field of view the model takes; None when unknown), description.
+    ground_size, fov_deg (ground field of view the model takes; None when unknown), description, correlation
+    (None, or for a correlation model, DSM, the map layout of cvm.export.towers.correlation_layout: its
+    descriptors are flattened feature maps, compared by circular correlation, not by the inner product).
     """
 
     fingerprint: str
@@ -62,6 +64,7 @@ class Towers(abc.ABC):
     ground_size: Optional[tuple]
     fov_deg: Optional[float] = None
     description: str = ""
+    correlation: Optional[dict] = None
 
     @abc.abstractmethod
     def embed_aerial(self, images: np.ndarray) -> np.ndarray:
@@ -74,6 +77,24 @@ class Towers(abc.ABC):
     def info(self) -> dict:
         return {"fingerprint": self.fingerprint, "preprocessing": self.preprocessing,
                 "description": self.description, "kind": type(self).__name__}
+
+
+def exported_correlation(meta: dict, path: str) -> Optional[dict]:
+    """The correlation layout an export recorded; an export of a correlation method without one is refused."""
+    if meta.get("correlation"):
+        return dict(meta["correlation"])
+    method = meta.get("method")
+    try:
+        from cvm.models import model_class
+
+        correlation = bool(getattr(model_class(method), "correlation", False)) if method else False
+    except Exception:  # an unknown or custom method name: a plain-descriptor export
+        correlation = False
+    if correlation:
+        raise CvmError(f"{path} is a --method {method} export without its correlation map layout (written by an "
+                       "older cvm): its descriptors are feature maps that only correlation can rank; export it "
+                       "again with `cvm export`")
+    return None
 
 
 def _preprocessing(ground_size, aerial_size, mean, ground_rows, polar: bool) -> dict:
@@ -102,6 +123,9 @@ class KerasTowers(Towers):
         self.preprocessing = _preprocessing(self.ground_size, aerial_size, spec.mean, ground_rows, spec.aerial_polar)
         self.fingerprint = fingerprint_of(weights_digest(w.numpy() for w in encoder.weights), self.preprocessing)
         self.description = description or f"keras {type(encoder).__name__}"
+        from cvm.export.towers import correlation_layout
+
+        self.correlation = correlation_layout(encoder, spec, width)
         ground_size = self.ground_size
 
         @tf.function(reduce_retracing=True)
@@ -147,6 +171,7 @@ class SavedModelTowers(Towers):
         polar = bool(meta.get("aerial_polar", False))
         self.cell_px = (POLAR_CELL_PX, POLAR_CELL_PX) if polar else aerial_size
         self.fov_deg = meta.get("fov_deg")
+        self.correlation = exported_correlation(meta, path)
         self.preprocessing = _preprocessing(self.ground_size, aerial_size, meta.get("mean"), meta.get("ground_rows"),
                                             polar)
         self.fingerprint = fingerprint_of(weights_digest(v.numpy() for v in self.model.variables), self.preprocessing)
