@@ -21,6 +21,10 @@ IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_SCALE_RGB = (1 / 58.395, 1 / 57.12, 1 / 57.375)  # 1 / (255 * std)
 
 
+# ImageSpec.interpolation -> OpenCV flag.
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear_exact": cv2.INTER_LINEAR_EXACT}
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
     """Input sizes and normalisation of one method.
@@ -36,6 +40,8 @@ class ImageSpec:
       channel_order: "bgr" as the originals (OpenCV) or "rgb".
       scale: multiplier applied after the mean subtraction (1.0 for the Caffe convention), one value or one
         per channel (in `channel_order`: ImageNet's 1 / std for the modern backbones).
+      interpolation: the resize: "area" (cv2.INTER_AREA, every original TF / Torch loader) or "linear_exact"
+        (cv2.INTER_LINEAR_EXACT, Sample4Geo's albumentations Resize).
     """
 
     ground_size: Optional[tuple] = (224, 1232)
@@ -45,10 +51,13 @@ class ImageSpec:
     mean: Optional[tuple] = CAFFE_MEAN_BGR
     channel_order: str = "bgr"
     scale: object = 1.0  # float, or a per-channel tuple
+    interpolation: str = "area"  # INTERPOLATIONS: OpenCV's INTER_AREA (the originals) or INTER_LINEAR_EXACT
 
     def __post_init__(self):
         if self.channel_order not in ("bgr", "rgb"):
             raise CvmError(f"channel_order must be 'bgr' or 'rgb', got {self.channel_order!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CvmError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         for name in ("ground_size", "aerial_size"):
             size = getattr(self, name)
             if size is None and name == "ground_size":
@@ -68,11 +77,11 @@ PRESETS = {
     "safa_polar": ImageSpec(ground_size=(112, 616), aerial_size=(112, 616), aerial_polar=True),
     "safa": ImageSpec(ground_size=(112, 616), aerial_size=(256, 256)),
     # Sample4Geo (CVUSA / CVACT): the whole panorama squashed to 140x768, aerial 384; RGB with ImageNet's mean and
-    # std (Sample4Geo resizes with INTER_LINEAR_EXACT; cvm's loaders use INTER_AREA). VIGOR: panorama 384x768.
+    # std, resized with INTER_LINEAR_EXACT as their albumentations Resize. VIGOR: panorama 384x768.
     "sample4geo": ImageSpec(ground_size=(140, 768), aerial_size=(384, 384), mean=IMAGENET_MEAN_RGB,
-                            channel_order="rgb", scale=IMAGENET_SCALE_RGB),
+                            channel_order="rgb", scale=IMAGENET_SCALE_RGB, interpolation="linear_exact"),
     "sample4geo_vigor": ImageSpec(ground_size=(384, 768), aerial_size=(384, 384), mean=IMAGENET_MEAN_RGB,
-                                  channel_order="rgb", scale=IMAGENET_SCALE_RGB),
+                                  channel_order="rgb", scale=IMAGENET_SCALE_RGB, interpolation="linear_exact"),
     # Small sizes for the quickstart and tests on the synthetic world.
     "small": ImageSpec(ground_size=(64, 256), aerial_size=(128, 128)),
 }
@@ -88,10 +97,15 @@ def preset(name: str) -> ImageSpec:
 
 def resize_area(img: np.ndarray, size: tuple) -> np.ndarray:
     """cv2.resize with INTER_AREA to (height, width), as every original loader; no-op if equal."""
+    return resize(img, size, "area")
+
+
+def resize(img: np.ndarray, size: tuple, interpolation: str = "area") -> np.ndarray:
+    """cv2.resize to (height, width) with an ImageSpec interpolation ("area", "linear_exact"); no-op if equal."""
     h, w = int(size[0]), int(size[1])
     if img.shape[0] == h and img.shape[1] == w:
         return img
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (w, h), interpolation=INTERPOLATIONS[interpolation])
 
 
 def crop_rows(img: np.ndarray, rows: Optional[tuple]) -> np.ndarray:
@@ -128,17 +142,17 @@ def denormalise(img: np.ndarray, spec: ImageSpec) -> np.ndarray:
 
 
 def prepare_ground(img: np.ndarray, spec: ImageSpec, rows: Optional[tuple] = None) -> np.ndarray:
-    """Deterministic ground preprocessing up to uint8: optional central-row crop, INTER_AREA resize."""
+    """Deterministic ground preprocessing up to uint8: optional central-row crop, the spec's resize."""
     img = crop_rows(img, rows)
     if spec.ground_size is not None:
-        img = resize_area(img, spec.ground_size)
+        img = resize(img, spec.ground_size, spec.interpolation)
     return img
 
 
 def prepare_aerial(img: np.ndarray, spec: ImageSpec) -> np.ndarray:
-    """Deterministic aerial preprocessing up to uint8: polar transform or INTER_AREA resize."""
+    """Deterministic aerial preprocessing up to uint8: polar transform or the spec's resize."""
     if spec.aerial_polar:
         from cvm.data.polar import polar_transform
 
         return polar_transform(img, spec.aerial_size[0], spec.aerial_size[1], stretch=spec.polar_stretch)
-    return resize_area(img, spec.aerial_size)
+    return resize(img, spec.aerial_size, spec.interpolation)

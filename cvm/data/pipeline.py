@@ -206,7 +206,7 @@ class PairLoader:
             if pair is None:
                 return self._failed()
             ground, aerial = pair
-            ground = images.resize_area(ground, self.spec.ground_size)
+            ground = images.resize(ground, self.spec.ground_size, self.spec.interpolation)
             yaw = 0.0
             if self.augment is None:
                 aerial = images.prepare_aerial(aerial, self.spec)

@@ -200,7 +200,7 @@ class ViewPipeline(EpochPipeline):
             self.faults.record(path, describe_failure(path))
             return None
         if self.view == "ground":
-            return {"ground": images.resize_area(image, self.spec.ground_size)}
+            return {"ground": images.resize(image, self.spec.ground_size, self.spec.interpolation)}
         return {"aerial": images.prepare_aerial(image, self.spec)}
 
     def finish_batch(self, batch):

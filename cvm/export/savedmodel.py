@@ -73,7 +73,9 @@ def _preprocess(images, size, spec: ImageSpec, input_order: str, rows: Optional[
     if size is not None:
         shape = tf.shape(x)
         same = tf.logical_and(tf.equal(shape[1], size[0]), tf.equal(shape[2], size[1]))
-        x = tf.cond(same, lambda: x, lambda: tf.image.resize(x, size, method="area"))
+        # "area" approximates OpenCV's INTER_AREA, "bilinear" (half-pixel centres, no antialias) INTER_LINEAR_EXACT.
+        method = "area" if spec.interpolation == "area" else "bilinear"
+        x = tf.cond(same, lambda: x, lambda: tf.image.resize(x, size, method=method))
     if input_order == "rgb":
         x = tf.reverse(x, axis=[-1])  # to OpenCV's BGR, what the training pipeline decoded
     return normalise_batch(x, spec)
@@ -124,6 +126,8 @@ def export_savedmodel(encoder, spec: ImageSpec, out_dir: str, input_order: str =
             "aerial_polar": bool(spec.aerial_polar), "polar_stretch": bool(spec.polar_stretch),
             "mean": list(spec.mean) if spec.mean is not None else None, "ground_rows": ground_rows,
             "descriptor_dim": int(getattr(encoder, "descriptor_dim", 0)), **(metadata or {})}
+    if spec.interpolation != "area":
+        info["interpolation"] = spec.interpolation
     correlation = correlation_layout(encoder, spec, ground_width)
     if correlation:  # DSM: descriptors are flattened maps, compared by correlation (cvm.geo galleries read it)
         info["correlation"] = correlation

@@ -73,8 +73,12 @@ def tower_layout(spec, ground_rows: Optional[tuple] = None, ground_width: Option
             raise CvmError(f"--polar_source_size must be a positive side in pixels, got {polar_source_size!r}")
         aerial = {"input_size": [side, side], "rows": None, "polar": True,
                   "polar_size": [int(s) for s in spec.aerial_size], "polar_stretch": bool(spec.polar_stretch)}
-    return {"ground": {"input_size": ground_size, "rows": list(ground_rows) if ground_rows else None,
-                       "polar": False}, "aerial": aerial}
+    layout = {"ground": {"input_size": ground_size, "rows": list(ground_rows) if ground_rows else None,
+                         "polar": False}, "aerial": aerial}
+    if spec.interpolation != "area":  # Sample4Geo's INTER_LINEAR_EXACT; absent means INTER_AREA (older exports)
+        for tower in layout.values():
+            tower["interpolation"] = spec.interpolation
+    return layout
 
 
 def spec_facts(spec) -> dict:
@@ -105,10 +109,10 @@ class ExportedTower(abc.ABC):
 def prepare(images, layout: dict) -> np.ndarray:
     """uint8 [B, H, W, 3] (or a list of HxWx3 arrays of any sizes) at the tower's input size.
 
-    The training pipeline's own steps (cvm.data.images.crop_rows, resize_area: OpenCV INTER_AREA);
-    images already at the input size pass unchanged.
+    The training pipeline's own steps (cvm.data.images.crop_rows, resize: OpenCV INTER_AREA, or the layout's
+    "interpolation"); images already at the input size pass unchanged.
     """
-    from cvm.data.images import crop_rows, resize_area
+    from cvm.data.images import crop_rows, resize
 
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = images[None]
@@ -120,7 +124,7 @@ def prepare(images, layout: dict) -> np.ndarray:
             raise CvmError(f"image {i}: expected uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
         if layout.get("rows") is not None and image.shape[:2] != size:
             image = crop_rows(image, tuple(layout["rows"]))
-        out.append(resize_area(image, size))
+        out.append(resize(image, size, layout.get("interpolation", "area")))
     if not out:
         return np.zeros([0, *size, 3], np.uint8)
     return np.stack(out)

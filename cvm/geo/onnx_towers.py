@@ -33,7 +33,8 @@ class OnnxTowers(Towers):
         layout = info["aerial"]
         aerial_size = layout.get("polar_size") or layout["input_size"]
         self.preprocessing = dict(_preprocessing(self.ground_size, aerial_size, info.get("mean"),
-                                                 info["ground"].get("rows"), bool(layout.get("polar"))),
+                                                 info["ground"].get("rows"), bool(layout.get("polar")),
+                                                 layout.get("interpolation", "area")),
                                   format="onnx")
         arrays = []
         for tower in (self.ground, self.aerial):

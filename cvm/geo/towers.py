@@ -97,10 +97,13 @@ def exported_correlation(meta: dict, path: str) -> Optional[dict]:
     return None
 
 
-def _preprocessing(ground_size, aerial_size, mean, ground_rows, polar: bool) -> dict:
-    return {"ground_size": list(ground_size) if ground_size else None, "aerial_size": list(aerial_size),
-            "mean": [float(m) for m in mean] if mean is not None else None,
-            "ground_rows": list(ground_rows) if ground_rows else None, "aerial_polar": bool(polar)}
+def _preprocessing(ground_size, aerial_size, mean, ground_rows, polar: bool, interpolation: str = "area") -> dict:
+    out = {"ground_size": list(ground_size) if ground_size else None, "aerial_size": list(aerial_size),
+           "mean": [float(m) for m in mean] if mean is not None else None,
+           "ground_rows": list(ground_rows) if ground_rows else None, "aerial_polar": bool(polar)}
+    if interpolation != "area":  # only then: INTER_AREA galleries keep the fingerprints they were built with
+        out["interpolation"] = interpolation
+    return out
 
 
 class KerasTowers(Towers):
@@ -120,7 +123,8 @@ class KerasTowers(Towers):
         self.fov_deg = float(fov_deg)
         aerial_size = tuple(spec.aerial_size)
         self.cell_px = (POLAR_CELL_PX, POLAR_CELL_PX) if spec.aerial_polar else aerial_size
-        self.preprocessing = _preprocessing(self.ground_size, aerial_size, spec.mean, ground_rows, spec.aerial_polar)
+        self.preprocessing = _preprocessing(self.ground_size, aerial_size, spec.mean, ground_rows, spec.aerial_polar,
+                                            spec.interpolation)
         self.fingerprint = fingerprint_of(weights_digest(w.numpy() for w in encoder.weights), self.preprocessing)
         self.description = description or f"keras {type(encoder).__name__}"
         from cvm.export.towers import correlation_layout
@@ -173,7 +177,7 @@ class SavedModelTowers(Towers):
         self.fov_deg = meta.get("fov_deg")
         self.correlation = exported_correlation(meta, path)
         self.preprocessing = _preprocessing(self.ground_size, aerial_size, meta.get("mean"), meta.get("ground_rows"),
-                                            polar)
+                                            polar, meta.get("interpolation", "area"))
         self.fingerprint = fingerprint_of(weights_digest(v.numpy() for v in self.model.variables), self.preprocessing)
         self.description = f"savedmodel {path} ({meta.get('method', '?')}, {meta.get('checkpoint', '?')})"
 

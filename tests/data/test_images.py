@@ -66,3 +66,23 @@ def test_bad_spec_values_are_errors():
         images.ImageSpec(channel_order="hsv")
     with pytest.raises(CvmError, match="aerial_size"):
         images.ImageSpec(aerial_size=(0, 10))
+
+
+def test_sample4geo_presets_resize_as_their_albumentations_resize():
+    """Sample4Geo resizes with cv2.INTER_LINEAR_EXACT; the originals' loaders (and every other preset) INTER_AREA."""
+    import cv2
+
+    from cvm.data import images as images_lib
+
+    rng = np.random.default_rng(0)
+    pano = rng.integers(0, 256, (224, 1232, 3), dtype=np.uint8)
+    spec = images_lib.preset("sample4geo")
+    assert spec.interpolation == "linear_exact" and images_lib.preset("safa").interpolation == "area"
+    out = images_lib.prepare_ground(pano, spec)
+    np.testing.assert_array_equal(out, cv2.resize(pano, (768, 140), interpolation=cv2.INTER_LINEAR_EXACT))
+    assert (out != cv2.resize(pano, (768, 140), interpolation=cv2.INTER_AREA)).any()
+    aerial = rng.integers(0, 256, (750, 750, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(images_lib.prepare_aerial(aerial, spec),
+                                  cv2.resize(aerial, (384, 384), interpolation=cv2.INTER_LINEAR_EXACT))
+    with pytest.raises(CvmError, match="interpolation must be one of"):
+        images_lib.ImageSpec(interpolation="cubic")
