@@ -200,12 +200,14 @@ class NeighbourSampler:
       embed: callable () -> (ground [N, D], aerial [N, D]) descriptors of the training split in order, with
         the current weights; needed when refresh_epochs > 0.
       folder: where similarity tables are kept (None: in memory only).
+      write: whether this process writes them there (a multi-worker run's chief only; the others compute the
+        same table from the same weights, or read the chief's back on a resume).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, pool: int = 128, select: int = 64,
                  refresh_epochs: int = 0, locations: Optional[np.ndarray] = None, location_kind: Optional[str] = None,
                  aerial_keys: Optional[Sequence] = None, embed: Optional[Callable[[], tuple]] = None,
-                 folder: Optional[str] = None, chunk: int = DEFAULT_CHUNK):
+                 folder: Optional[str] = None, chunk: int = DEFAULT_CHUNK, write: bool = True):
         if pool < 1 or select < 0 or select > pool:
             raise CvmError(f"--neighbour_select must be in [0, --neighbour_pool] and the pool at least 1; got "
                            f"select {select}, pool {pool}")
@@ -216,7 +218,7 @@ class NeighbourSampler:
         self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
         self.pool, self.select, self.refresh_epochs = int(pool), int(select), int(refresh_epochs)
         self.aerial_keys = None if aerial_keys is None else _tile_codes(aerial_keys)
-        self.embed, self.folder, self.chunk = embed, folder, int(chunk)
+        self.embed, self.folder, self.chunk, self.write = embed, folder, int(chunk), bool(write)
         self.gps_table = None
         if locations is not None:
             self.gps_table = gps_neighbours(locations, location_kind, self.pool, self.chunk)
@@ -284,7 +286,7 @@ class NeighbourSampler:
         return table
 
     def _write(self, at: int, table: np.ndarray) -> None:
-        if self.folder is None:
+        if self.folder is None or not self.write:
             return
         from cvm.atomic import replacing, write_json
 

@@ -189,7 +189,7 @@ class Run(EpochRun):
                                 select=config.neighbour_select, refresh_epochs=config.sampler_refresh_epochs,
                                 locations=locations, location_kind=split.location_kind,
                                 aerial_keys=[pair.aerial_path for pair in split], embed=embed,
-                                folder=os.path.join(self.model_dir, "sampler"))
+                                folder=os.path.join(self.model_dir, "sampler"), write=self.chief)
 
     def _embed_training_split(self) -> tuple:
         """(ground, aerial) descriptors of every training pair in split order, without augmentation."""
