@@ -15,23 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from cvm.training.jit_choice import cpu_model  # noqa: E402
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def dsm_maps(n: int, wg: int, seed: int = 0):
@@ -65,7 +56,7 @@ def main() -> None:
     from cvm.evaluation.correlation import evaluate_correlation
     from cvm.evaluation.recall import evaluate
 
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); N = {args.n}")
+    print(f"CPU: {cpu_model() or 'unknown CPU'} ({os.cpu_count()} logical CPUs); N = {args.n}")
     g, a = plain_descriptors(args.n)
     evaluate(g[:64], a[:64], directions=("ground_to_aerial",))  # trace once
     base = []

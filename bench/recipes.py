@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+from cvm.training.jit_choice import cpu_model
 
 RECIPES = {
     "quickstart": ["--flagfile=experiments/quickstart.cfg"],
@@ -38,16 +39,6 @@ RECIPES = {
     "safa": ["--method=safa", "--aerial_polar", "--aerial_size=64,256"],
 }
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def read_result(model_dir: str, epochs: int):
@@ -106,7 +97,8 @@ def main() -> None:
                   f"{row.get('seconds', float('nan')):.0f} s", flush=True)
     with open(os.path.join(args.out, "recipes.json"), "w") as f:
         json.dump({"cpu": cpu_model(), "epochs": args.epochs, "rows": rows}, f, indent=1)
-    print(f"\nCPU: {cpu_model()}; {args.epochs} epochs; validation: 200 pairs (chance R@1 0.5 %, R@5 2.5 %, R@10 5 %)")
+    print(f"\nCPU: {cpu_model() or 'unknown CPU'}; {args.epochs} epochs; validation: 200 pairs (chance R@1 0.5 %, "
+          "R@5 2.5 %, R@10 5 %)")
     print("| recipe | R@1 last epoch, per seed | mean R@1 | mean R@5 | mean R@10 | mean best R@1 | minutes |")
     print("|---|---|---|---|---|---|---|")
     for name in names:

@@ -14,22 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 
+from cvm.training.jit_choice import cpu_model
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(task: str, n: int, dim: int, pool: int, chunk: int, batch: int, select: int) -> dict:
@@ -81,7 +72,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--task", task] + [f"--{k}={getattr(args, k)}" for k in
                                                                ("n", "dim", "pool", "chunk", "batch", "select")]
         results[task] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    print(f"CPU: {cpu_model()}; N = {args.n}, D = {args.dim}, pool {args.pool}, chunk {args.chunk}")
+    print(f"CPU: {cpu_model() or 'unknown CPU'}; N = {args.n}, D = {args.dim}, pool {args.pool}, chunk {args.chunk}")
     n2_gb = args.n * args.n * 4 / 1e9
     sim, base = results["similarity"], results["inputs_descriptors"]
     print(f"similarity table: {sim['seconds']:.1f} s, peak RSS {sim['peak_rss_mb']:.0f} MB, of which the "
