@@ -5,12 +5,11 @@ import os
 import subprocess
 import sys
 
-from absl import flags
-
 from cvm import resources
 from cvm.cli.main import QUICKSTART, with_quickstart
 from cvm.flags import train as train_flags
 from cvm.flags import use as flag_use
+from tests.flaglib import train_flag_values
 
 
 def test_the_quickstart_flagfile_comes_first_only_without_flagfile_and_method():
@@ -24,12 +23,7 @@ def test_the_quickstart_flagfile_comes_first_only_without_flagfile_and_method():
 
 
 def test_the_quickstart_is_a_valid_run_that_uses_every_flag_it_sets():
-    fv = flags.FlagValues()
-    train_flags.define_flags(fv)
-    from cvm.flags import synthesis as synthesis_flags
-
-    synthesis_flags.define_flags(fv)
-    fv(["cvm train", f"--flagfile={resources.find_flagfile(QUICKSTART)}"])
+    fv = train_flag_values(f"--flagfile={resources.find_flagfile(QUICKSTART)}")
     config = train_flags.config_from_flags(fv)
     config.validate()
     flag_use.check_train(fv)  # no flag of the file is without effect

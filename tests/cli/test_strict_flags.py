@@ -13,6 +13,7 @@ from absl import flags
 
 from cvm.flags import use as flag_use, synthesis as synthesis_flags, train as train_flags
 from cvm.errors import CvmError
+from tests.flaglib import train_flag_values
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.cfg")))
@@ -20,12 +21,6 @@ PIPELINE_FLAGFILES = ("regmi_iccv19_cvusa.cfg", "regmi_iccv19_ucfop.cfg", "regmi
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def train_flag_values(*argv):
-    fv = flags.FlagValues()
-    train_flags.define_flags(fv)
-    synthesis_flags.define_flags(fv)
-    fv(["cvm train", *argv])
-    return fv
 
 
 def refused(*argv) -> str:

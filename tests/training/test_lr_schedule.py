@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from cvm.errors import CvmError
-from cvm.flags import synthesis as synthesis_flags, train as train_flags, use as flag_use
+from cvm.flags import train as train_flags, use as flag_use
+from tests.flaglib import train_flag_values
 from cvm.training.config import TrainConfig
 from cvm.training.optimizers import FusedAdam, FusedAdamW, WarmupSchedule, make_optimizer
 
@@ -91,12 +91,6 @@ def test_optimizer_learning_rate_is_the_scheduled_one():
 
 
 # --- flags ------------------------------------------------------------------------------------------------
-def train_flag_values(*argv):
-    fv = flags.FlagValues()
-    train_flags.define_flags(fv)
-    synthesis_flags.define_flags(fv)
-    fv(["cvm train", *argv])
-    return fv
 
 
 def test_weight_decay_without_adamw_is_refused_naming_the_flag():
