@@ -20,6 +20,7 @@ from cvm.errors import CvmError
 from cvm.models.backbones.convnext import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    POOLINGS,
     VARIANTS,
     ConvNeXtBackbone,
     imagenet_normalize,
@@ -76,6 +77,11 @@ class Sample4Geo(TwoTowerModel):
         drop_path_rate: stochastic-depth rate of the last block (0 as the paper's timm default).
         backbone_pos_grid: DINOv2 only: side of the learned position-embedding grid (None: 37, DINOv2's 518 px
             pretraining; a timm model made with img_size=384 has 27); `cvm convert` reads it from checkpoints.
+        pooling: ConvNeXt only: "avg" (Sample4Geo's pooled head) or "flatten" (the head's LayerNorm at every
+            position of the last map, flattened: keeps the layout that a polar aerial shares with the panorama,
+            as SAFA does; both views must give maps of one size).
+        ground_size, aerial_size: the input sizes (set by the run); with pooling="flatten" they fix the
+            descriptor size and must give equal maps.
 
     Example:
     ```python
@@ -95,8 +101,17 @@ class Sample4Geo(TwoTowerModel):
                                                 "dinov2_large_reg4"] = "convnext_base",
                  weights: Optional[str] = None, backbone_width: float = 1.0, backbone_depths: Optional[tuple] = None,
                  share_towers: bool = True, drop_path_rate: float = 0.0, backbone_pos_grid: Optional[int] = None,
-                 **kwargs):
+                 pooling: typing.Literal["avg", "flatten"] = "avg", ground_size: Optional[tuple] = None,
+                 aerial_size: Optional[tuple] = None, **kwargs):
         super().__init__(**kwargs)
+        if pooling not in POOLINGS:
+            raise CvmError(f"Sample4Geo pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling != "avg" and backbone in VIT_VARIANTS:
+            raise CvmError(f"pooling={pooling!r} keeps a ConvNeXt's last map; a ViT backbone ({backbone}) gives its "
+                           "CLS token: use pooling='avg'")
+        self.pooling = pooling
+        self.ground_size = None if ground_size is None else tuple(int(v) for v in ground_size)
+        self.aerial_size = None if aerial_size is None else tuple(int(v) for v in aerial_size)
         if backbone not in VARIANTS and backbone not in VIT_VARIANTS:
             raise CvmError(f"unknown Sample4Geo backbone {backbone!r}; valid: {', '.join([*VARIANTS, *VIT_VARIANTS])}")
         is_vit = backbone in VIT_VARIANTS
@@ -124,7 +139,7 @@ class Sample4Geo(TwoTowerModel):
         else:
             tower_class, load_weights = ConvNeXtBackbone, load_keras_convnext_weights
             tower = dict(variant=backbone, width=self.backbone_width, depths=self.backbone_depths,
-                         drop_path_rate=self.drop_path_rate)
+                         drop_path_rate=self.drop_path_rate, pooling=pooling)
         if self.share_towers:
             self.ground_backbone = tower_class(name="backbone", **tower)
             self.aerial_backbone = self.ground_backbone
@@ -132,10 +147,24 @@ class Sample4Geo(TwoTowerModel):
             self.ground_backbone = tower_class(name="ground_backbone", **tower)
             self.aerial_backbone = tower_class(name="aerial_backbone", **tower)
         self.descriptor_dim = self.ground_backbone.output_dim
+        if pooling == "flatten":
+            self.descriptor_dim = self._flat_dim()
         self.build()
         if self.weights_source is not None:
             for backbone_layer in self.backbones:
                 load_weights(backbone_layer, self.weights_source)
+
+    def _flat_dim(self) -> Optional[int]:
+        """h * w * C of the flattened maps, which must be equal for both views (None while the sizes are unknown)."""
+        if self.ground_size is None or self.aerial_size is None:
+            return None
+        ground, aerial = ConvNeXtBackbone.map_size(self.ground_size), ConvNeXtBackbone.map_size(self.aerial_size)
+        if ground != aerial or min(ground) < 1:
+            raise CvmError(f"pooling='flatten' compares the views' last maps position by position, so they must have "
+                           f"one size: the ground {self.ground_size} gives {ground}, the aerial {self.aerial_size} "
+                           f"gives {aerial}; use equal view sizes (a polar aerial: --aerial_polar --aerial_size equal "
+                           "to --ground_size) or pooling='avg'")
+        return ground[0] * ground[1] * self.ground_backbone.output_dim
 
     @property
     def backbones(self) -> list:

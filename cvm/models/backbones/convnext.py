@@ -44,6 +44,7 @@ _KERAS_APPLICATIONS = {
     "convnext_small": "ConvNeXtSmall",
     "convnext_base": "ConvNeXtBase",
 }
+POOLINGS = ("avg", "flatten")
 LAYER_NORM_EPSILON = 1e-6
 LAYER_SCALE_INIT = 1e-6
 
@@ -140,6 +141,11 @@ class ConvNeXtBackbone(keras.layers.Layer):
       width: channel multiplier of every stage (1.0 is the variant; e.g. 0.25 for CPU-sized experiments).
       depths: blocks per stage, overriding the variant's (e.g. (1, 1, 2, 1)).
       drop_path_rate: largest stochastic-depth rate, linearly increasing over the blocks as in timm / Keras.
+      pooling: "avg" (timm's head: global average pool, then the LayerNorm) or "flatten" (the LayerNorm at every
+        position of the last map, then the map flattened row by row: [B, h * w * C]). "flatten" keeps the spatial
+        layout, which is what matches when both views are aligned by azimuth (a panorama and a polar aerial: SAFA,
+        Shi et al., NeurIPS 2019, keeps it with its spatial-aware attention); the input size then fixes the
+        descriptor size (`map_size`).
 
     Example:
     ```python
@@ -148,8 +154,11 @@ class ConvNeXtBackbone(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, variant="convnext_base", width=1.0, depths=None, drop_path_rate=0.0, **kwargs):
+    def __init__(self, variant="convnext_base", width=1.0, depths=None, drop_path_rate=0.0, pooling="avg", **kwargs):
         super().__init__(**kwargs)
+        if pooling not in POOLINGS:
+            raise CvmError(f"ConvNeXt pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
         self.variant = variant
         self.width = float(width)
         self.depths, self.dims = variant_config(variant, width, depths)
@@ -200,17 +209,34 @@ class ConvNeXtBackbone(keras.layers.Layer):
             outputs.append(x)
         return outputs
 
+    @staticmethod
+    def map_size(image_size) -> tuple:
+        """(h, w) of the last stage's map for an (H, W) input: the 4x4/4 stem, then three 2x2/2 downsamplings,
+        each a VALID conv (floor division, as PyTorch's)."""
+        h, w = (int(v) // 4 for v in image_size)
+        for _ in range(3):
+            h, w = h // 2, w // 2
+        return h, w
+
     def call(self, images, training=False):
         features = self.stage_outputs(images, training=training)[-1]
+        if self.pooling == "flatten":
+            x = self.head_norm(features)
+            return ops.reshape(x, (ops.shape(x)[0], -1))
         return self.head_norm(ops.mean(features, axis=(1, 2)))
 
     def compute_output_shape(self, input_shape):
+        if self.pooling == "flatten":
+            if input_shape[1] is None or input_shape[2] is None:
+                return (input_shape[0], None)
+            h, w = self.map_size(input_shape[1:3])
+            return (input_shape[0], h * w * self.dims[-1])
         return (input_shape[0], self.dims[-1])
 
     def get_config(self):
         config = super().get_config()
         config.update(variant=self.variant, width=self.width, depths=list(self.depths),
-                      drop_path_rate=self.drop_path_rate)
+                      drop_path_rate=self.drop_path_rate, pooling=self.pooling)
         return config
 
 
