@@ -2,9 +2,8 @@
 
 Each recipe trains through `cvm train` (a subprocess, so each run's time and peak memory are its own) on the same
 world (synthetic seed 0: 800 training / 200 validation pairs, panorama 64x256) for the same number of epochs (the
-quickstart's 8), from
-random weights, once per seed; the validation R@1 / R@5 / R@10 of the last epoch and of the best one are read from
-the run's results. Runs already finished in --out are read back, not retrained (a killed comparison resumes).
+quickstart's 8), from random weights, once per seed; the validation R@1 / R@5 / R@10 of the last epoch and of the
+best one are read from the run's results. Runs already finished in --out are read back, not retrained (a killed comparison resumes).
 
   python bench/recipes.py --out runs/recipes                  # every recipe, seeds 0 1 2, 8 epochs
   python bench/recipes.py --out runs/recipes --recipes quickstart,neighbours --seeds 0
