@@ -3,14 +3,15 @@
 Each recipe trains through `cvm train` (a subprocess, so each run's time and peak memory are its own) on the same
 world (synthetic seed 0: 800 training / 200 validation pairs, panorama 64x256) for the same number of epochs (the
 quickstart's 8), from random weights, once per seed; the validation R@1 / R@5 / R@10 of the last epoch and of the
-best one are read from the run's results. Runs already finished in --out are read back, not retrained (a killed comparison resumes).
+best one are read from the run's results. Runs already finished in --out are read back, not retrained (a killed
+comparison resumes).
 
   python bench/recipes.py --out runs/recipes                  # every recipe, seeds 0 1 2, 8 epochs
   python bench/recipes.py --out runs/recipes --recipes quickstart,neighbours --seeds 0
 
 Recipes:
-  quickstart   experiments/quickstart.cfg: Sample4Geo's model, loss and optimisation at CPU size, polar aerial,
-               flattened map descriptor, shuffled batches
+  quickstart   experiments/sample4geo_quickstart.cfg: Sample4Geo's model, loss and optimisation at CPU size,
+               polar aerial, flattened map descriptor, shuffled batches
   neighbours   the same with Sample4Geo's sampler: GPS-neighbour batches, then similarity neighbours every 4 epochs
   quickstart_avg     the quickstart with Sample4Geo's average-pooled head (--pooling avg)
   sample4geo_plain   Sample4Geo as released at CPU size: average pooling and the plain 128x128 aerial
@@ -31,11 +32,11 @@ import time
 from cvm.training.jit_choice import cpu_model
 
 RECIPES = {
-    "quickstart": ["--flagfile=experiments/quickstart.cfg"],
-    "neighbours": ["--flagfile=experiments/quickstart.cfg", "--sampler=neighbours", "--neighbour_pool=32",
-                   "--neighbour_select=16", "--sampler_refresh_epochs=4"],
-    "quickstart_avg": ["--flagfile=experiments/quickstart.cfg", "--pooling=avg"],
-    "sample4geo_plain": ["--flagfile=experiments/quickstart.cfg", "--pooling=avg", "--noaerial_polar",
+    "quickstart": ["--flagfile=experiments/sample4geo_quickstart.cfg"],
+    "neighbours": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--sampler=neighbours",
+                   "--neighbour_pool=32", "--neighbour_select=16", "--sampler_refresh_epochs=4"],
+    "quickstart_avg": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--pooling=avg"],
+    "sample4geo_plain": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--pooling=avg", "--noaerial_polar",
                          "--aerial_size=128,128"],
     # The run defaults (TrainConfig) are the previous quickstart's: 1/8-width VGG16, He init, no dropout, nothing
     # frozen, panorama 64x256, Adam 1e-4, batch 16.

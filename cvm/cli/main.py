@@ -14,9 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 VERBS = {
     "data": ("cvm.cli.data", "datasets: synth (write a synthetic-world dataset), check (validate a folder), polar "
                             "(precompute SAFA polar maps)"),
-    "train": ("cvm.cli.train", "train or resume a retrieval model (no --flagfile / --method: the synthetic-world quickstart, "
-                               "experiments/quickstart.cfg) "
-                               "or a synthesis GAN (--method xfork, xseq, ...)"),
+    "train": ("cvm.cli.train", "train or resume a retrieval model (no --flagfile / --method: the synthetic-world "
+                               "quickstart, experiments/sample4geo_quickstart.cfg) or a synthesis GAN (--method xfork, "
+                               "xseq, ...)"),
     "synthesize": ("cvm.cli.synthesize", "write generated images of a trained synthesis GAN for a split (resumable)"),
     "eval": ("cvm.cli.eval", "evaluate a trained model: recall@K / top-1% JSON, recall curve, retrieval grid"),
     "eval-synthesis": ("cvm.cli.eval_synthesis", "SSIM / PSNR / sharpness and classifier agreement of generated images"),
@@ -66,7 +66,7 @@ def shipped_flagfiles(args: list) -> list:
 
 
 # `cvm train` without --flagfile and without --method trains this experiment (any flag given overrides it).
-QUICKSTART = "experiments/quickstart.cfg"
+QUICKSTART = "experiments/sample4geo_quickstart.cfg"
 
 
 def with_quickstart(args: list) -> list:

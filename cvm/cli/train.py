@@ -1,6 +1,9 @@
 """cvm train: train (or resume) a retrieval model.
 
-  cvm train                                      the quickstart: a small CVM-Net-I on the synthetic world
+  cvm train                                      the quickstart (experiments/sample4geo_quickstart.cfg, used as
+                                                 the base whenever no --flagfile and no --method is given): the
+                                                 Sample4Geo recipe at CPU size on the synthetic world
+  cvm train --method cvm_net_i                   the run defaults: a small CVM-Net-I on the synthetic world
   cvm train --flagfile experiments/cvm_net_i_cvusa.cfg --root /data/CVUSA --model_dir runs/cvmnet1
   cvm train --model_dir DIR ...                  resumes DIR from its last checkpoint (same flags)
   cvm train --flagfile experiments/xfork_pano2aerial_cvusa.cfg --root /data/CVUSA --model_dir runs/xfork

@@ -1,4 +1,4 @@
-"""`cvm train` without --flagfile and --method trains experiments/quickstart.cfg; flags given override it."""
+"""`cvm train` without --flagfile and --method trains experiments/sample4geo_quickstart.cfg; flags override it."""
 
 import json
 import os
@@ -34,11 +34,11 @@ def test_the_quickstart_is_a_valid_run_that_uses_every_flag_it_sets():
 
 def test_cvm_train_with_flags_but_no_method_trains_the_quickstart(tmp_path):
     model_dir = tmp_path / "qs"
-    out = subprocess.run([sys.executable, "-m", "cvm.cli.main", "train", f"--model_dir={model_dir}", "--epochs=1",
-                          "--synthetic_pairs=40", "--batch_size=8", "--steps_per_epoch=2", "--nojit_compile",
+    out = subprocess.run([sys.executable, "-m", "cvm.cli.main", "train", f"--model_dir={model_dir}", "--epochs=2",
+                          "--synthetic_pairs=40", "--batch_size=8", "--steps_per_epoch=1", "--nojit_compile",
                           "--eval_batch_size=8"],
                          capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.load(open(model_dir / "config.json"))
-    assert config["method"] == "sample4geo" and config["aerial_polar"] and config["epochs"] == 1
+    assert config["method"] == "sample4geo" and config["aerial_polar"] and config["epochs"] == 2
     assert "--method=sample4geo" in open(model_dir / "flags.cfg").read()
