@@ -14,6 +14,7 @@ Recipes:
                polar aerial, flattened map descriptor, shuffled batches
   neighbours   the same with Sample4Geo's sampler: GPS-neighbour batches, then similarity neighbours every 4 epochs
   quickstart_avg     the quickstart with Sample4Geo's average-pooled head (--pooling avg)
+  neighbours_avg     that with the neighbour sampler (where the flattened head leaves no room to improve)
   sample4geo_plain   Sample4Geo as released at CPU size: average pooling and the plain 128x128 aerial
   cvm_net_i    CVM-Net-I, the previous quickstart: 1/8-width VGG16 + NetVLAD, triplet loss, Adam 1e-4, batch 16
   safa         SAFA at the same width on the 64x256 polar aerial, triplet loss, Adam 1e-4, batch 16
@@ -36,6 +37,8 @@ RECIPES = {
     "neighbours": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--sampler=neighbours",
                    "--neighbour_pool=32", "--neighbour_select=16", "--sampler_refresh_epochs=4"],
     "quickstart_avg": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--pooling=avg"],
+    "neighbours_avg": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--pooling=avg", "--sampler=neighbours",
+                       "--neighbour_pool=32", "--neighbour_select=16", "--sampler_refresh_epochs=4"],
     "sample4geo_plain": ["--flagfile=experiments/sample4geo_quickstart.cfg", "--pooling=avg", "--noaerial_polar",
                          "--aerial_size=128,128"],
     # The run defaults (TrainConfig) are the previous quickstart's: 1/8-width VGG16, He init, no dropout, nothing
@@ -56,6 +59,13 @@ def read_result(model_dir: str, epochs: int):
         final = json.load(f)["metrics"]["ground_to_aerial"]
     with open(best) as f:
         return final, json.load(f)
+
+
+def epoch_r1(out: str, row: dict, epoch: int) -> float:
+    """R@1 of a finished run's validation after `epoch`."""
+    path = os.path.join(out, f"{row['recipe']}_seed{row['seed']}", "results", "validation", f"epoch{epoch:03d}.json")
+    with open(path) as f:
+        return json.load(f)["metrics"]["ground_to_aerial"]["r@1"]
 
 
 def run_one(name: str, seed: int, epochs: int, out: str) -> dict:
@@ -104,8 +114,9 @@ def main() -> None:
         json.dump({"cpu": cpu_model(), "epochs": args.epochs, "rows": rows}, f, indent=1)
     print(f"\nCPU: {cpu_model() or 'unknown CPU'}; {args.epochs} epochs; validation: 200 pairs (chance R@1 0.5 %, "
           "R@5 2.5 %, R@10 5 %)")
-    print("| recipe | R@1 last epoch, per seed | mean R@1 | mean R@5 | mean R@10 | mean best R@1 | minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | R@1 last epoch, per seed | mean R@1 | mean R@5 | mean R@10 | mean best R@1 | mean R@1 after epoch "
+          "1 / 2 / 4 | minutes |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in names:
         mine = [r for r in rows if r["recipe"] == name]
 
@@ -114,8 +125,10 @@ def main() -> None:
 
         per_seed = " / ".join(f"{100 * r['final']['r@1']:.1f}" for r in mine)
         minutes = sum(r.get("seconds", 0.0) for r in mine) / len(mine) / 60
+        early = " / ".join(f"{100 * sum(epoch_r1(args.out, r, e) for r in mine) / len(mine):.1f}"
+                            for e in (1, 2, 4))
         print(f"| {name} | {per_seed} | {mean('r@1'):.1f} | {mean('r@5'):.1f} | {mean('r@10'):.1f} | "
-              f"{mean('r@1', 'best'):.1f} | {minutes:.1f} |")
+              f"{mean('r@1', 'best'):.1f} | {early} | {minutes:.1f} |")
 
 
 if __name__ == "__main__":
