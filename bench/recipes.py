@@ -114,8 +114,8 @@ def main() -> None:
         json.dump({"cpu": cpu_model(), "epochs": args.epochs, "rows": rows}, f, indent=1)
     print(f"\nCPU: {cpu_model() or 'unknown CPU'}; {args.epochs} epochs; validation: 200 pairs (chance R@1 0.5 %, "
           "R@5 2.5 %, R@10 5 %)")
-    print("| recipe | R@1 last epoch, per seed | mean R@1 | mean R@5 | mean R@10 | mean best R@1 | mean R@1 after epoch "
-          "1 / 2 / 4 | minutes |")
+    print("| recipe | R@1 last epoch, per seed | mean R@1 | mean R@5 | mean R@10 | mean best R@1 | "
+          "mean R@1 after epoch 1 / 2 / 4 | minutes |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         mine = [r for r in rows if r["recipe"] == name]
