@@ -26,6 +26,7 @@ from cvm.models.backbones.convnext import (
     imagenet_normalize,
     load_keras_convnext_weights,
 )
+from cvm.models.backbones.dinov3 import DINOV3_VARIANTS, DINOv3Backbone, load_dinov3_weights
 from cvm.models.backbones.vit import VIT_VARIANTS, ViTBackbone, load_dinov2_weights
 from cvm.models.netvlad import l2_normalize
 from cvm.models.registry import register
@@ -62,13 +63,16 @@ class Sample4Geo(TwoTowerModel):
 
     Args:
         backbone: "convnext_tiny", "convnext_small" or "convnext_base" (the paper's, at 384 px); or a DINOv2
-            ViT/14: "dinov2_small", "dinov2_base", "dinov2_large", each also with "_reg4" (4 register tokens).
+            ViT/14: "dinov2_small", "dinov2_base", "dinov2_large", each also with "_reg4" (4 register tokens); or a
+            DINOv3 ViT/16 (keras-hub's DINOV3Backbone, RoPE positions): "dinov3_vit_small", "dinov3_vit_base",
+            "dinov3_vit_large".
         weights: None (random init). ConvNeXt: "imagenet" (Keras' ImageNet ConvNeXt of `backbone`, downloaded
             at 224 px pretraining; the paper's 384 px timm weights come in through `cvm convert
             --torch_checkpoint`) or the path of a local Keras ConvNeXt notop `.h5` / `.weights.h5` / `.keras`
             file. DINOv2: the path of a local timm or official DINOv2 state dict (`.pth` / `.bin` /
-            `.safetensors`) or keras-hub DINOV2Backbone preset directory, loaded strictly; preset names cannot
-            be downloaded here and raise an error saying how to get the file.
+            `.safetensors`) or keras-hub DINOV2Backbone preset directory, loaded strictly; DINOv3: a local
+            keras-hub DINOV3Backbone preset directory. Preset names cannot be downloaded here and raise an error
+            saying how to get the file.
         backbone_width: channel multiplier of the ConvNeXt stages / ViT width (1.0 is the variant; 0.125-0.25
             trains on a CPU; needs weights=None otherwise).
         backbone_depths: blocks per stage (e.g. (1, 1, 2, 1)); None keeps the variant's (3, 3, 27, 3) for base.
@@ -80,8 +84,10 @@ class Sample4Geo(TwoTowerModel):
         pooling: ConvNeXt only: "avg" (Sample4Geo's pooled head) or "flatten" (the head's LayerNorm at every
             position of the last map, flattened: keeps the layout that a polar aerial shares with the panorama,
             as SAFA does; both views must give maps of one size).
-        ground_size, aerial_size: the input sizes (set by the run); with pooling="flatten" they fix the
-            descriptor size and must give equal maps.
+        ground_size: the panorama's input size (set by the run); with pooling="flatten" it fixes the descriptor
+            size.
+        aerial_size: the aerial's input size (set by the run); with pooling="flatten" its map must equal the
+            panorama's.
 
     Example:
     ```python
@@ -98,7 +104,8 @@ class Sample4Geo(TwoTowerModel):
 
     def __init__(self, backbone: typing.Literal["convnext_tiny", "convnext_small", "convnext_base", "dinov2_small",
                                                 "dinov2_base", "dinov2_large", "dinov2_small_reg4", "dinov2_base_reg4",
-                                                "dinov2_large_reg4"] = "convnext_base",
+                                                "dinov2_large_reg4", "dinov3_vit_small", "dinov3_vit_base",
+                                                "dinov3_vit_large"] = "convnext_base",
                  weights: Optional[str] = None, backbone_width: float = 1.0, backbone_depths: Optional[tuple] = None,
                  share_towers: bool = True, drop_path_rate: float = 0.0, backbone_pos_grid: Optional[int] = None,
                  pooling: typing.Literal["avg", "flatten"] = "avg", ground_size: Optional[tuple] = None,
@@ -106,18 +113,20 @@ class Sample4Geo(TwoTowerModel):
         super().__init__(**kwargs)
         if pooling not in POOLINGS:
             raise CvmError(f"Sample4Geo pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        if pooling != "avg" and backbone in VIT_VARIANTS:
+        if pooling != "avg" and (backbone in VIT_VARIANTS or backbone in DINOV3_VARIANTS):
             raise CvmError(f"pooling={pooling!r} keeps a ConvNeXt's last map; a ViT backbone ({backbone}) gives its "
                            "CLS token: use pooling='avg'")
         self.pooling = pooling
         self.ground_size = None if ground_size is None else tuple(int(v) for v in ground_size)
         self.aerial_size = None if aerial_size is None else tuple(int(v) for v in aerial_size)
-        if backbone not in VARIANTS and backbone not in VIT_VARIANTS:
-            raise CvmError(f"unknown Sample4Geo backbone {backbone!r}; valid: {', '.join([*VARIANTS, *VIT_VARIANTS])}")
-        is_vit = backbone in VIT_VARIANTS
+        if backbone not in VARIANTS and backbone not in VIT_VARIANTS and backbone not in DINOV3_VARIANTS:
+            raise CvmError(f"unknown Sample4Geo backbone {backbone!r}; valid: "
+                           f"{', '.join([*VARIANTS, *VIT_VARIANTS, *DINOV3_VARIANTS])}")
+        is_dinov3 = backbone in DINOV3_VARIANTS
+        is_vit = backbone in VIT_VARIANTS or is_dinov3
         if is_vit and backbone_depths is not None and len(tuple(backbone_depths)) != 1:
             raise CvmError(f"a ViT backbone has one stage: backbone_depths must be (blocks,), got {backbone_depths}")
-        if backbone_pos_grid is not None and not is_vit:
+        if backbone_pos_grid is not None and (not is_vit or is_dinov3):
             raise CvmError(f"backbone_pos_grid is a DINOv2 option; {backbone} has no position embeddings")
         if weights is not None and (float(backbone_width) != 1.0 or backbone_depths is not None):
             raise CvmError(f"weights={weights!r} needs backbone_width=1.0 and backbone_depths=None (got "
@@ -129,7 +138,12 @@ class Sample4Geo(TwoTowerModel):
         self.share_towers = bool(share_towers)
         self.drop_path_rate = float(drop_path_rate)
         self.backbone_pos_grid = None if backbone_pos_grid is None else int(backbone_pos_grid)
-        if is_vit:
+        if is_dinov3:
+            # keras-hub's DINOv3 (cvm.models.backbones.dinov3): RoPE positions, any view size, no pos grid.
+            tower_class, load_weights = DINOv3Backbone, load_dinov3_weights
+            tower = dict(variant=backbone, width=self.backbone_width, drop_path_rate=self.drop_path_rate,
+                         depth=None if self.backbone_depths is None else self.backbone_depths[0])
+        elif is_vit:
             # One ViT serves both view sizes: its position embeddings are resampled per call.
             tower_class, load_weights = ViTBackbone, load_dinov2_weights
             tower = dict(variant=backbone, width=self.backbone_width, drop_path_rate=self.drop_path_rate,

@@ -74,7 +74,7 @@ def test_save_reload_and_registry(tmp_path):
     assert again.get_config()["backbone_depths"] == [1, 1, 1, 1]
     help_texts = Sample4Geo.option_help()
     assert set(help_texts) == {"backbone", "weights", "backbone_width", "backbone_depths", "share_towers",
-                               "drop_path_rate", "backbone_pos_grid"}
+                               "drop_path_rate", "backbone_pos_grid", "pooling", "ground_size", "aerial_size"}
     assert all(help_texts.values())
 
 
