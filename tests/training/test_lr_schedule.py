@@ -144,9 +144,13 @@ def test_new_flags_round_trip_through_flags_cfg(tmp_path):
 def test_sample4geo_flagfiles_train_with_the_papers_optimisation():
     here = os.path.dirname(os.path.abspath(__file__))
     paths = sorted(glob.glob(os.path.join(here, "..", "..", "cvm", "experiments", "sample4geo_*.cfg")))
+    paths = [p for p in paths if not p.endswith("sample4geo_quickstart.cfg")]  # CPU-sized: tested on its own
     assert len(paths) == 4
     for path in paths:
         config = train_flags.config_from_flags(train_flag_values(f"--flagfile={path}", "--root=/data"))
+        # ... and the rest of Sample4Geo's recipe: its batches and augmentations.
+        assert (config.sampler, config.neighbour_pool, config.neighbour_select, config.sampler_refresh_epochs,
+                config.augment) == ("neighbours", 128, 64, 4, "sample4geo"), path
         assert (config.optimizer, config.weight_decay, config.lr_schedule, config.warmup_epochs, config.lr,
                 config.batch_size, config.clip_grad_value) == ("adamw", 0.01, "cosine", 1.0, 1e-3, 128, 100.0), path
         text = open(path).read()  # the comment no longer lists the optimisation as missing
