@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from cvm.training import jit_choice
 from cvm.training.checkpoints import CheckpointManager
@@ -281,13 +280,9 @@ def test_a_resumed_run_reads_jit_choice_json_and_does_not_measure(tmp_path, monk
 
 
 def flag_values(*argv):
-    from cvm.flags import synthesis as synthesis_flags, train as train_flags
+    from tests.flaglib import train_flag_values
 
-    fv = flags.FlagValues()
-    train_flags.define_flags(fv)
-    synthesis_flags.define_flags(fv)
-    fv(["cvm train", *argv])
-    return fv
+    return train_flag_values(*argv)
 
 
 @pytest.mark.parametrize("argv, expected", [((), None), (("--jit_compile",), True), (("--nojit_compile",), False),
