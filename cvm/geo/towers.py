@@ -167,11 +167,17 @@ class SavedModelTowers(Towers):
 
         with open(meta_path) as f:
             meta = json.load(f)
+        aerial_size = tuple(meta["aerial_size"])
+        if "aerial_polar" not in meta and aerial_size[0] != aerial_size[1]:
+            # Exports before aerial_polar was recorded: a polar model's aerial endpoint takes the square source
+            # aerial, so its cells would be cut at the wrong size. Polar maps are never square; plain aerials are.
+            raise CvmError(f"{meta_path} does not record aerial_polar (written by an older cvm) and its aerial "
+                           f"input {aerial_size[0]}x{aerial_size[1]} is not square, as a polar map is: export it "
+                           f"again with `cvm export --model_dir {meta.get('model_dir') or 'RUN'} --out DIR`")
         self.path, self.meta = path, meta
         self.model = tf.saved_model.load(path)
         self.input_order = meta.get("input_order", "rgb")
         self.ground_size = tuple(meta["ground_size"]) if meta.get("ground_size") else None
-        aerial_size = tuple(meta["aerial_size"])
         polar = bool(meta.get("aerial_polar", False))
         self.cell_px = (POLAR_CELL_PX, POLAR_CELL_PX) if polar else aerial_size
         self.fov_deg = meta.get("fov_deg")

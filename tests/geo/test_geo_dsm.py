@@ -325,3 +325,25 @@ def test_locate_cli_prints_headings(split, exported, tmp_path):
     text = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert text.returncode == 0 and f"facing {expected[0].heading_deg:.1f} deg" in text.stdout
     assert text.stdout.count(" deg  ") == 3  # one heading per hit line
+
+
+def _without_aerial_polar(saved: str, dest) -> str:
+    """A copy of an export whose cvm.json lacks aerial_polar, as cvm wrote it before recording the flag."""
+    import shutil
+
+    shutil.copytree(saved, dest)
+    meta_path = os.path.join(dest, "assets", "cvm.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    del meta["aerial_polar"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    return str(dest)
+
+
+def test_polar_export_without_aerial_polar_is_refused_clearly(exported, tmp_path):
+    from cvm.geo.towers import SavedModelTowers
+
+    old = _without_aerial_polar(exported[0], tmp_path / "old")
+    with pytest.raises(CvmError, match=r"cvm\.json does not record aerial_polar .* 32x128 is not square.*cvm export"):
+        SavedModelTowers(old)

@@ -174,3 +174,11 @@ def test_split_gallery_locates_and_renders(tiny_model, tmp_path):
     assert mosaic.std() > 5  # painted from the split's aerials, not the blank canvas
     with pytest.raises(CvmError, match="this model takes 360-degree ground images"):
         loc.locate(ground, k=3, fov_deg=90)
+
+
+def test_plain_export_without_aerial_polar_still_loads(tiny_model, saved_model, tmp_path):
+    """Exports before aerial_polar was recorded: a square aerial input is a plain one, same fingerprint."""
+    from tests.geo.test_geo_dsm import _without_aerial_polar
+
+    old = SavedModelTowers(_without_aerial_polar(saved_model, tmp_path / "old"))
+    assert old.fingerprint == KerasTowers(*tiny_model).fingerprint and old.cell_px == (64, 64)
