@@ -8,7 +8,7 @@ Part 2 (index): --n unit vectors of --dim dimensions (default 10^6 x 1024, gener
 seed so memory holds only the index; --data random: isotropic Gaussian, the worst case for a graph or a
 quantizer; --data clustered: --clusters centres, each vector a centre plus isotropic noise of norm
 --spread), each approximate index (HNSW, IVF-PQ) built, then queried with noisy copies of gallery vectors:
-query latency (one query at a time, and batched), recall@10 against exact search (a streaming scan of the
+query latency (one query at a time, and batched, for each --efsearch / --nprobe on the same index), recall@10 against exact search (a streaming scan of the
 same shards), build time and the peak resident memory of the build (VmHWM, reset before each build where
 the kernel allows; else the process's peak so far), with the load average beside each figure.
 
@@ -19,6 +19,7 @@ town's orthophoto GeoTIFF, and the share of panoramas whose top-1 / any top-5 hi
 
   python bench/gallery.py [--method safa] [--town_m 600] [--stride_m 20] [--batch_size 32]
       [--n 1000000] [--dim 1024] [--kinds hnsw,ivfpq] [--queries 1000] [--data random|clustered]
+      [--efsearch 64,128,256] [--nprobe 16,32,64,128]
       [--clusters 1000] [--spread 1.0] [--skip_embed] [--skip_index]
 """
 
@@ -163,22 +164,28 @@ def index_bench(args) -> None:
         index, params = index_lib.build(kind, d, n, shards)
         build_s = time.perf_counter() - t
         build_peak = peak_mb()
-        t = time.perf_counter()
-        _, approx = index.search(queries, 10)
-        batched = (time.perf_counter() - t) / len(queries)
-        t = time.perf_counter()
-        for q in queries[:100]:
-            index.search(q[None], 10)
-        single = (time.perf_counter() - t) / min(100, len(queries))
-        recall = index_lib.recall_at(approx, exact, 10)
-        # 1-recall@10: the exact nearest neighbour (for these queries almost always the gallery vector the query
-        # is a noisy copy of, i.e. the right cell) among the approximate top 10.
-        first = float(np.mean([e[0] in a[:10] for a, e in zip(approx, exact)]))
-        print(f"  {kind:6s} {params}: build {build_s:7.1f} s, {single * 1e3:7.2f} ms/query single, "
-              f"{batched * 1e3:7.3f} ms/query batched, recall@10 vs exact {recall:.3f}, 1-recall@10 {first:.3f}, "
-              f"build peak RSS {build_peak:.0f} MB ({'own' if own else 'process lifetime'}; {before:.0f} MB before), "
-              f"{load()}",
-              flush=True)
+        print(f"  {kind:6s} {params}: build {build_s:7.1f} s, build peak RSS {build_peak:.0f} MB "
+              f"({'own' if own else 'process lifetime'}; {before:.0f} MB before), {load()}", flush=True)
+        # The search-time parameter swept on the same index (the recorded default among them).
+        key = {"hnsw": "efSearch", "ivfpq": "nprobe"}.get(kind)
+        values = sorted({int(params[key]), *(int(v) for v in getattr(args, key.lower()).split(","))}) if key else [None]
+        for value in values:
+            if key:
+                index_lib.apply_search_params(index, {key: value})
+            t = time.perf_counter()
+            _, approx = index.search(queries, 10)
+            batched = (time.perf_counter() - t) / len(queries)
+            t = time.perf_counter()
+            for q in queries[:100]:
+                index.search(q[None], 10)
+            single = (time.perf_counter() - t) / min(100, len(queries))
+            recall = index_lib.recall_at(approx, exact, 10)
+            # 1-recall@10: the exact nearest neighbour (for these queries almost always the gallery vector the
+            # query is a noisy copy of, i.e. the right cell) among the approximate top 10.
+            first = float(np.mean([e[0] in a[:10] for a, e in zip(approx, exact)]))
+            mark = " (default)" if key and value == int(params[key]) else ""
+            print(f"    {key or 'search'} {value}{mark}: {single * 1e3:7.2f} ms/query single, {batched * 1e3:7.3f} "
+                  f"ms/query batched, recall@10 vs exact {recall:.3f}, 1-recall@10 {first:.3f}, {load()}", flush=True)
         del index
 
 
@@ -233,6 +240,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--kinds", default="hnsw,ivfpq")
     p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--efsearch", default="64,128,256", help="HNSW efSearch values to query the built index with")
+    p.add_argument("--nprobe", default="16,32,64,128", help="IVF-PQ nprobe values to query the built index with")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", choices=("random", "clustered"), default="random")
     p.add_argument("--clusters", type=int, default=1000)
