@@ -36,7 +36,9 @@ def default_params(kind: str, n: int, d: int) -> dict:
     if kind == "ivfpq":
         nlist = int(min(max(16, 4 * math.sqrt(max(n, 1))), 65536, max(1, n // 39)))
         m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if d % m == 0 and d // m >= 4 or m == 1)  # >= 4 dims per code
-        return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": min(nlist, 32)}
+        # Probe ~3 % of the lists: at 10^6 x 1024 (nlist 4000) nprobe 128 found the query's source in the top 10
+        # for 99.5 % of queries against 96.4 % at 32, for 2.4 instead of 1.2 ms a query (bench/gallery.py).
+        return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": min(nlist, max(32, nlist // 32))}
     return {}
 
 
