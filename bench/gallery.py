@@ -167,7 +167,7 @@ def index_bench(args) -> None:
         print(f"  {kind:6s} {params}: build {build_s:7.1f} s, build peak RSS {build_peak:.0f} MB "
               f"({'own' if own else 'process lifetime'}; {before:.0f} MB before), {load()}", flush=True)
         # The search-time parameter swept on the same index (the recorded default among them).
-        key = {"hnsw": "efSearch", "ivfpq": "nprobe"}.get(kind)
+        key = {"hnsw": "efSearch", "ivfpq": "nprobe", "ivfflat": "nprobe"}.get(kind)
         values = sorted({int(params[key]), *(int(v) for v in getattr(args, key.lower()).split(","))}) if key else [None]
         for value in values:
             if key:
@@ -241,7 +241,7 @@ def main() -> None:
     p.add_argument("--kinds", default="hnsw,ivfpq")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--efsearch", default="64,128,256", help="HNSW efSearch values to query the built index with")
-    p.add_argument("--nprobe", default="16,32,64,128", help="IVF-PQ nprobe values to query the built index with")
+    p.add_argument("--nprobe", default="16,32,64,128", help="IVF nprobe values to query the built index with")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", choices=("random", "clustered"), default="random")
     p.add_argument("--clusters", type=int, default=1000)

@@ -143,7 +143,7 @@ def finish(out_dir: str, plan: dict, kind: str = "auto", params: Optional[dict] 
         import faiss
 
         t0 = time.perf_counter()
-        kind = index_lib.choose(kind, cells)
+        kind = index_lib.choose(kind, cells, dim)
         index, used = index_lib.build(kind, dim, cells, _vectors(paths), params)
         index_s = time.perf_counter() - t0
         if kind != "exact":

@@ -1,8 +1,11 @@
-"""The FAISS index of a gallery: exact inner product, or HNSW / IVF-PQ above a size (or by choice).
+"""The FAISS index of a gallery: exact inner product, or IVF-Flat / IVF-PQ / HNSW above a size (or by choice).
 
 Descriptors are unit rows, so inner product is cosine similarity. `auto` keeps exact search up to
-EXACT_MAX vectors (a flat scan of 10^5 x 1024 floats takes ~10 ms a query on one core), HNSW up to
-HNSW_MAX (memory: the vectors plus ~2 M ids each), IVF-PQ beyond (compressed codes). Vectors are added
+EXACT_MAX vectors (a flat scan of 10^5 x 1024 floats takes ~10 ms a query on one core), IVF-Flat while the
+vectors fit FLAT_BYTES_MAX (exact scores over the probed lists), IVF-PQ beyond (compressed codes). HNSW only
+on request: at 10^6 random 1024-d vectors it took 55 min and 7.2 GB to build on 2 cores and found the query's
+source in its top 10 for 66 % of queries, where IVF-PQ took 4 min, 1.9 GB and 99.5 % (bench/gallery.py,
+README "Index at scale"); real descriptors are kinder to graphs, but a default must hold in the worst case. Vectors are added
 shard by shard; the recall@10 of an approximate index against exact search is measured at build on
 noisy copies of gallery vectors, the exact top-10 computed by a streaming scan of the shards (O(shard)).
 """
@@ -16,29 +19,32 @@ import numpy as np
 
 from cvm.errors import CvmError
 
-KINDS = ("auto", "exact", "hnsw", "ivfpq")
+KINDS = ("auto", "exact", "ivfflat", "ivfpq", "hnsw")
 EXACT_MAX = 100_000
-HNSW_MAX = 5_000_000
-ADD_BLOCK = 4096  # rows per IVF-PQ add() call, see build()
+FLAT_BYTES_MAX = 8 << 30  # float32 vectors an IVF-Flat index holds in memory (auto): ~2 * 10^6 x 1024
+ADD_BLOCK = 4096  # rows per IVF add() call, see build()
 
 
-def choose(kind: str, n: int) -> str:
+def choose(kind: str, n: int, d: int) -> str:
     if kind not in KINDS:
         raise CvmError(f"--index must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind != "auto":
         return kind
-    return "exact" if n <= EXACT_MAX else "hnsw" if n <= HNSW_MAX else "ivfpq"
+    return "exact" if n <= EXACT_MAX else "ivfflat" if 4 * n * d <= FLAT_BYTES_MAX else "ivfpq"
 
 
 def default_params(kind: str, n: int, d: int) -> dict:
     if kind == "hnsw":
         return {"M": 32, "efConstruction": 200, "efSearch": 128}
-    if kind == "ivfpq":
+    if kind in ("ivfflat", "ivfpq"):
         nlist = int(min(max(16, 4 * math.sqrt(max(n, 1))), 65536, max(1, n // 39)))
+        # Probe ~3 % of the lists: at 10^6 x 1024 (nlist 4000) IVF-PQ with nprobe 128 found the query's source in
+        # the top 10 for 99.5 % of queries against 96.4 % at 32, for 2.4 instead of 1.2 ms a query (bench/gallery.py).
+        probe = {"nlist": nlist, "nprobe": min(nlist, max(32, nlist // 32))}
+        if kind == "ivfflat":
+            return probe
         m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if d % m == 0 and d // m >= 4 or m == 1)  # >= 4 dims per code
-        # Probe ~3 % of the lists: at 10^6 x 1024 (nlist 4000) nprobe 128 found the query's source in the top 10
-        # for 99.5 % of queries against 96.4 % at 32, for 2.4 instead of 1.2 ms a query (bench/gallery.py).
-        return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": min(nlist, max(32, nlist // 32))}
+        return {"nlist": nlist, "m": m, "nbits": 8, "nprobe": probe["nprobe"]}
     return {}
 
 
@@ -53,12 +59,15 @@ def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]],
         index = faiss.IndexHNSWFlat(d, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(params["efConstruction"])
         index.hnsw.efSearch = int(params["efSearch"])
-    elif kind == "ivfpq":
+    elif kind in ("ivfflat", "ivfpq"):
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFPQ(quantizer, d, int(params["nlist"]), int(params["m"]), int(params["nbits"]),
-                                 faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivfflat":
+            index = faiss.IndexIVFFlat(quantizer, d, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, d, int(params["nlist"]), int(params["m"]), int(params["nbits"]),
+                                     faiss.METRIC_INNER_PRODUCT)
         # Train on up to 64 vectors per list (FAISS warns below 39), taken from the first shards.
-        want = max(64 * int(params["nlist"]), 2 ** int(params["nbits"]) * 40)
+        want = max(64 * int(params["nlist"]), 2 ** int(params.get("nbits", 0)) * 40)
         # Copied into one preallocated array: a list of slices would keep whole shards alive, then concatenate
         # them into a second copy (2.8 GB peak at 10^6 x 1024 instead of the sample's 1 GB).
         sample, have = np.empty((max(1, min(want, n)), d), np.float32), 0
@@ -73,8 +82,9 @@ def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]],
     else:
         raise CvmError(f"unknown index kind {kind!r}")
     # IVF-PQ encodes a whole add() call's residuals at once through [rows, m, 256] float distance tables
-    # (FAISS blocks at 32,768 rows: 2.1 GB at m 64); adding 4,096 rows at a time caps that at 268 MB.
-    block = ADD_BLOCK if kind == "ivfpq" else None
+    # (FAISS blocks at 32,768 rows: 2.1 GB at m 64); adding 4,096 rows at a time caps that at 268 MB. IVF-Flat
+    # assigns the same blocks (a [rows, nlist] score block each), so it adds them so too.
+    block = ADD_BLOCK if kind in ("ivfflat", "ivfpq") else None
     for x in shards():
         for lo in range(0, len(x), block or max(len(x), 1)):
             index.add(np.ascontiguousarray(x[lo:lo + block] if block else x, np.float32))
