@@ -41,7 +41,7 @@ flags.DEFINE_integer("shard_size", 4096, "Candidate cells per shard (the unit of
 flags.DEFINE_integer("batch_size", 32, "Cells per forward pass.", lower_bound=1)
 flags.DEFINE_enum("index", "auto", ["auto", "exact", "ivfflat", "ivfpq", "hnsw"],
                   "Vector index: exact inner product, IVF-Flat, IVF-PQ, HNSW, or auto (exact up to 1e5 cells, "
-                  "IVF-Flat while the float32 vectors fit 8 GiB, IVF-PQ above). "
+                  "IVF-Flat while the float32 vectors fit 4 GiB, IVF-PQ above). "
                   "A correlation model's (DSM) gallery has no FAISS index: auto or exact only.")
 flags.DEFINE_string("index_params", None, "JSON overriding the index parameters, e.g. '{\"efSearch\": 256}'.")
 flags.DEFINE_enum("runner", "local", ["local", "beam"], "Embed in this process or as an Apache Beam pipeline "

@@ -21,7 +21,9 @@ from cvm.errors import CvmError
 
 KINDS = ("auto", "exact", "ivfflat", "ivfpq", "hnsw")
 EXACT_MAX = 100_000
-FLAT_BYTES_MAX = 8 << 30  # float32 vectors an IVF-Flat index holds in memory (auto): ~2 * 10^6 x 1024
+# float32 vectors an IVF-Flat index may hold (auto): 10^6 x 1024, whose build peaked at 7 GB (FAISS grows each
+# list's vector as it is filled); IVF-PQ's 64-byte codes took 1.9 GB at the same size.
+FLAT_BYTES_MAX = 4 << 30
 ADD_BLOCK = 4096  # rows per IVF add() call, see build()
 
 
@@ -78,6 +80,7 @@ def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]],
             if have >= len(sample):
                 break
         index.train(sample[:have])
+        sample = None  # 1 GB at 10^6 x 1024, not to be held while the vectors are added
         index.nprobe = int(params["nprobe"])
     else:
         raise CvmError(f"unknown index kind {kind!r}")

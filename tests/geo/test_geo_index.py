@@ -60,9 +60,9 @@ def test_auto_choice_by_size_and_memory():
     assert index_lib.choose("auto", 1000, 1024) == "exact"
     assert index_lib.choose("auto", index_lib.EXACT_MAX, 1024) == "exact"
     assert index_lib.choose("auto", index_lib.EXACT_MAX + 1, 1024) == "ivfflat"
-    assert index_lib.choose("auto", 2_000_000, 1024) == "ivfflat"  # 7.6 GiB of float32 vectors
-    assert index_lib.choose("auto", 2_200_000, 1024) == "ivfpq"  # 8.4 GiB
-    assert index_lib.choose("auto", 600_000, 4096) == "ivfpq"  # CVM-Net's 4096-d: 9.2 GiB
+    assert index_lib.choose("auto", 1_000_000, 1024) == "ivfflat"  # 3.8 GiB of float32 vectors
+    assert index_lib.choose("auto", 1_100_000, 1024) == "ivfpq"  # 4.2 GiB
+    assert index_lib.choose("auto", 300_000, 4096) == "ivfpq"  # CVM-Net's 4096-d: 4.6 GiB
     assert index_lib.choose("hnsw", 10, 8) == "hnsw"
     with pytest.raises(CvmError, match="--index must be one of"):
         index_lib.choose("lsh", 10, 8)
