@@ -21,7 +21,7 @@ from cvm.errors import CvmError
 
 KINDS = ("auto", "exact", "ivfflat", "ivfpq", "hnsw")
 EXACT_MAX = 100_000
-# float32 vectors an IVF-Flat index may hold (auto): 10^6 x 1024, whose build peaked at 7 GB (FAISS grows each
+# float32 vectors an IVF-Flat index may hold (auto): 10^6 x 1024, whose build peaked at 6 GB (FAISS grows each
 # list's vector as it is filled); IVF-PQ's 64-byte codes took 1.9 GB at the same size.
 FLAT_BYTES_MAX = 4 << 30
 ADD_BLOCK = 4096  # rows per IVF add() call, see build()
