@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import multiprocessing
 import os
@@ -328,6 +329,16 @@ class CvmSide:
 
 
 # --- the worker processes -------------------------------------------------------------------------------------
+def _check(side, fns, name):
+    """Two steps of `name` from the initial state: (first loss, second loss, state after one), state reset."""
+    side.reset()
+    loss1 = fns[name]()
+    after = side.state()
+    loss2 = fns[name]()
+    side.reset()
+    return loss1, loss2, after
+
+
 def _torch_worker(conn, opts, variants):
     import torch
 
@@ -346,13 +357,7 @@ def _torch_worker(conn, opts, variants):
 
     fns = {name: variant(name) for name in variants}
 
-    def check(name):
-        side.reset()
-        loss1 = fns[name]()
-        after = side.state()
-        loss2 = fns[name]()
-        side.reset()
-        return loss1, loss2, after
+    check = functools.partial(_check, side, fns)
 
     def breakdown():
         side.forward = side.model
@@ -376,13 +381,7 @@ def _cvm_worker(conn, opts, variants, initial):
     side = CvmSide(opts["backbone"], opts["width"], opts["depths"], initial, make_batch(*opts["batch"]))
     fns = {name: (lambda jit=(name == "cvm_xla"): side.step(jit)) for name in variants}
 
-    def check(name):
-        side.reset()
-        loss1 = fns[name]()
-        after = side.state()
-        loss2 = fns[name]()
-        side.reset()
-        return loss1, loss2, after
+    check = functools.partial(_check, side, fns)
 
     def breakdown(xla=False):
         names = []
