@@ -7,9 +7,9 @@ very same cell batches, already in memory. The figure to read is the ratio (targ
 Part 2 (index): --n unit vectors of --dim dimensions (default 10^6 x 1024, generated shard by shard from a
 seed so memory holds only the index; --data random: isotropic Gaussian, the worst case for a graph or a
 quantizer; --data clustered: --clusters centres, each vector a centre plus isotropic noise of norm
---spread), each approximate index (HNSW, IVF-PQ) built, then queried with noisy copies of gallery vectors:
-query latency (one query at a time, and batched, for each --efsearch / --nprobe on the same index), recall@10 against exact search (a streaming scan of the
-same shards), build time and the peak resident memory of the build (VmHWM, reset before each build where
+--spread), each index of --kinds (IVF-Flat, IVF-PQ, HNSW) built, then queried with noisy copies of gallery
+vectors: query latency (one query at a time, and batched, for each --efsearch / --nprobe on the same index),
+recall@10 against exact search (a streaming scan of the same shards), build time and the peak resident memory of the build (VmHWM, reset before each build where
 the kernel allows; else the process's peak so far), with the load average beside each figure.
 
 Part 3 (--evidence RUN,RUN...): for each trained run on the synthetic world, the town of its world
@@ -18,7 +18,7 @@ town's orthophoto GeoTIFF, and the share of panoramas whose top-1 / any top-5 hi
 50 m of the truth, against chance (a uniformly random cell, or 5 distinct ones).
 
   python bench/gallery.py [--method safa] [--town_m 600] [--stride_m 20] [--batch_size 32]
-      [--n 1000000] [--dim 1024] [--kinds hnsw,ivfpq] [--queries 1000] [--data random|clustered]
+      [--n 1000000] [--dim 1024] [--kinds ivfflat,ivfpq,hnsw] [--queries 1000] [--data random|clustered]
       [--efsearch 64,128,256] [--nprobe 16,32,64,128]
       [--clusters 1000] [--spread 1.0] [--skip_embed] [--skip_index]
 """
@@ -238,7 +238,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=1024)
-    p.add_argument("--kinds", default="hnsw,ivfpq")
+    p.add_argument("--kinds", default="ivfflat,ivfpq,hnsw")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--efsearch", default="64,128,256", help="HNSW efSearch values to query the built index with")
     p.add_argument("--nprobe", default="16,32,64,128", help="IVF nprobe values to query the built index with")

@@ -5,8 +5,8 @@ EXACT_MAX vectors (a flat scan of 10^5 x 1024 floats takes ~10 ms a query on one
 vectors fit FLAT_BYTES_MAX (exact scores over the probed lists), IVF-PQ beyond (compressed codes). HNSW only
 on request: at 10^6 random 1024-d vectors it took 55 min and 7.2 GB to build on 2 cores and found the query's
 source in its top 10 for 66 % of queries, where IVF-PQ took 4 min, 1.9 GB and 99.5 % (bench/gallery.py,
-README "Index at scale"); real descriptors are kinder to graphs, but a default must hold in the worst case. Vectors are added
-shard by shard; the recall@10 of an approximate index against exact search is measured at build on
+README "Index at scale"); real descriptors are kinder to graphs, but a default must hold in the worst case.
+Vectors are added shard by shard; the recall@10 of an approximate index against exact search is measured at build on
 noisy copies of gallery vectors, the exact top-10 computed by a streaming scan of the shards (O(shard)).
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 from cvm.errors import CvmError
 
 KINDS = ("auto", "exact", "ivfflat", "ivfpq", "hnsw")
+IVF_KINDS = ("ivfflat", "ivfpq")
 EXACT_MAX = 100_000
 # float32 vectors an IVF-Flat index may hold (auto): 10^6 x 1024, whose build peaked at 6 GB (FAISS grows each
 # list's vector as it is filled); IVF-PQ's 64-byte codes took 1.9 GB at the same size.
@@ -38,7 +39,7 @@ def choose(kind: str, n: int, d: int) -> str:
 def default_params(kind: str, n: int, d: int) -> dict:
     if kind == "hnsw":
         return {"M": 32, "efConstruction": 200, "efSearch": 128}
-    if kind in ("ivfflat", "ivfpq"):
+    if kind in IVF_KINDS:
         nlist = int(min(max(16, 4 * math.sqrt(max(n, 1))), 65536, max(1, n // 39)))
         # Probe ~3 % of the lists: at 10^6 x 1024 (nlist 4000) IVF-PQ with nprobe 128 found the query's source in
         # the top 10 for 99.5 % of queries against 96.4 % at 32, for 2.4 instead of 1.2 ms a query (bench/gallery.py).
@@ -61,7 +62,7 @@ def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]],
         index = faiss.IndexHNSWFlat(d, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(params["efConstruction"])
         index.hnsw.efSearch = int(params["efSearch"])
-    elif kind in ("ivfflat", "ivfpq"):
+    elif kind in IVF_KINDS:
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivfflat":
             index = faiss.IndexIVFFlat(quantizer, d, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT)
@@ -70,8 +71,8 @@ def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]],
                                      faiss.METRIC_INNER_PRODUCT)
         # Train on up to 64 vectors per list (FAISS warns below 39), taken from the first shards.
         want = max(64 * int(params["nlist"]), 2 ** int(params.get("nbits", 0)) * 40)
-        # Copied into one preallocated array: a list of slices would keep whole shards alive, then concatenate
-        # them into a second copy (2.8 GB peak at 10^6 x 1024 instead of the sample's 1 GB).
+        # Copied into one preallocated array: a list of slices would keep whole shards alive and then be
+        # concatenated into a second copy.
         sample, have = np.empty((max(1, min(want, n)), d), np.float32), 0
         for x in shards():
             take = min(len(x), len(sample) - have)
@@ -86,11 +87,11 @@ def build(kind: str, d: int, n: int, shards: Callable[[], Iterable[np.ndarray]],
         raise CvmError(f"unknown index kind {kind!r}")
     # IVF-PQ encodes a whole add() call's residuals at once through [rows, m, 256] float distance tables
     # (FAISS blocks at 32,768 rows: 2.1 GB at m 64); adding 4,096 rows at a time caps that at 268 MB. IVF-Flat
-    # assigns the same blocks (a [rows, nlist] score block each), so it adds them so too.
-    block = ADD_BLOCK if kind in ("ivfflat", "ivfpq") else None
+    # takes the same blocks (each add() assigns its rows to lists through a [rows, nlist] score block).
     for x in shards():
-        for lo in range(0, len(x), block or max(len(x), 1)):
-            index.add(np.ascontiguousarray(x[lo:lo + block] if block else x, np.float32))
+        step = ADD_BLOCK if kind in IVF_KINDS else max(len(x), 1)
+        for lo in range(0, len(x), step):
+            index.add(np.ascontiguousarray(x[lo:lo + step], np.float32))
     return index, params
 
 
