@@ -191,14 +191,18 @@ def test_ivfflat_gallery_locates_as_brute_force(tiny_model, raster, tmp_path):
     summary = build_gallery(src, towers, str(tmp_path / "g"), shard_size=50, progress=False, index="ivfflat",
                             index_params={"nprobe": 4})
     assert summary["index"]["kind"] == "ivfflat" and summary["index"]["params"] == {"nlist": 4, "nprobe": 4}
-    # Every list probed: the recall measured at build against the streaming exact scan is 1.
-    assert summary["index"]["recall@10_vs_exact"] == 1.0
+    # Every list probed: FAISS's and NumPy's float32 dot products (different summation orders, ~1e-7 apart) can
+    # only swap near-ties at rank 10 of the build's 169 noisy queries (0.9994, one swap, with OMP_NUM_THREADS=1).
+    assert summary["index"]["recall@10_vs_exact"] >= 0.99
     loc = Localizer(str(tmp_path / "g"), towers)
     query = rng_image(32, 128, seed=12)
     g = towers.embed_ground(query[None])[0]
     allv = np.concatenate([shards_lib.read_shard(shards_lib.shard_path(str(tmp_path / "g"), i))["embeddings"]
                            for i in range(4)])
-    order = np.argsort(-(allv @ g))[:10]
+    scores = allv @ g
     hits = loc.locate(query, k=10)
-    assert [h.cell_id for h in hits] == list(order)
-    np.testing.assert_allclose([h.score for h in hits], (allv @ g)[order], atol=1e-5)
+    # Brute force's top 10 scores, in order, and each hit's own score (tie-proof: cells of a blurred raster can
+    # score within float32 rounding of each other, and the two sums may order such a pair either way).
+    np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:10], atol=1e-5)
+    np.testing.assert_allclose([h.score for h in hits], scores[[h.cell_id for h in hits]], atol=1e-5)
+    assert len({h.cell_id for h in hits}) == 10
